@@ -1,0 +1,34 @@
+//! The `pkgfs` command line: `pkgfs serve` and `pkgfs mount`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Mount a Gitea/Forgejo generic package registry as a directory tree, or
+/// serve a Gitea-compatible registry locally.
+#[derive(Debug, Parser)]
+#[command(name = "pkgfs", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a Gitea-compatible generic package registry (tests, demos, offline use).
+    Serve(pkgfs::server::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => pkgfs::server::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pkgfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
