@@ -7,5 +7,10 @@
 //!   client and server;
 //! - [`server`]: `pkgfs serve`.
 
+pub mod cache;
+pub mod fs;
+pub mod fuse;
+pub mod mount;
 pub mod protocol;
+pub mod registry;
 pub mod server;

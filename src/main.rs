@@ -17,12 +17,15 @@ struct Cli {
 enum Command {
     /// Run a Gitea-compatible generic package registry (tests, demos, offline use).
     Serve(pkgfs::server::ServeArgs),
+    /// Mount a registry at MOUNTPOINT as <owner>/<package>/<version>/<file>.
+    Mount(pkgfs::mount::MountArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => pkgfs::server::run(args),
+        Command::Mount(args) => pkgfs::mount::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

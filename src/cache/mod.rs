@@ -1,0 +1,332 @@
+//! The content cache on local disk. Published files never change, so a
+//! downloaded file is stored once under its sha256 and served from disk
+//! forever after (until evicted). Bounded by a byte budget with LRU
+//! eviction (`lru` crate); downloads reserve their size before they start so
+//! the bound holds with transfers in flight. The index is rebuilt from the
+//! directory at start (least recently used = oldest mtime), so the cache
+//! survives restarts. Files are 0600 in 0700 directories.
+//!
+//! Layout: `blobs/<sha256>` complete verified files, `partial/` downloads
+//! in flight, `spool/` data written by applications before upload. The
+//! last two are emptied at start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use lru::LruCache;
+
+/// The disk cache. Shared (`Arc`) by every open file.
+#[derive(Debug)]
+pub struct Cache {
+    blobs: PathBuf,
+    partial: PathBuf,
+    spool: PathBuf,
+    capacity: u64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// sha256 → size, most recently used first.
+    lru: LruCache<String, u64>,
+    /// Bytes in `blobs/`.
+    used: u64,
+    /// Bytes promised to downloads in flight.
+    reserved: u64,
+}
+
+/// Space promised to one download; given back on drop unless committed.
+#[derive(Debug)]
+pub struct Reservation {
+    cache: Arc<Cache>,
+    size: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut inner = self.cache.lock();
+        inner.reserved = inner.reserved.saturating_sub(self.size);
+    }
+}
+
+/// Whether a name is a sha256 in lower-case hex.
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn private_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+}
+
+fn empty_dir(path: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache in `dir` with a bound of
+    /// `capacity` bytes, rebuilding the index from what is on disk and
+    /// evicting down to the bound.
+    pub fn open(dir: &Path, capacity: u64) -> io::Result<Arc<Cache>> {
+        private_dir(dir)?;
+        let cache = Cache {
+            blobs: dir.join("blobs"),
+            partial: dir.join("partial"),
+            spool: dir.join("spool"),
+            capacity,
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                used: 0,
+                reserved: 0,
+            }),
+        };
+        for d in [&cache.blobs, &cache.partial, &cache.spool] {
+            private_dir(d)?;
+        }
+        empty_dir(&cache.partial)?;
+        empty_dir(&cache.spool)?;
+        let mut found: Vec<(SystemTime, String, u64)> = Vec::new();
+        for entry in fs::read_dir(&cache.blobs)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata()?;
+            if !is_sha256(&name) || !meta.is_file() {
+                tracing::warn!(path = %entry.path().display(), "removing stray file from cache");
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
+            found.push((meta.modified()?, name, meta.len()));
+        }
+        found.sort();
+        {
+            let mut inner = cache.lock();
+            for (_, sha, size) in found {
+                inner.used += size;
+                inner.lru.put(sha, size);
+            }
+        }
+        let cache = Arc::new(cache);
+        let entries = cache.lock().lru.len();
+        cache.evict_to(capacity);
+        tracing::info!(
+            dir = %dir.display(),
+            entries,
+            used = cache.used(),
+            capacity,
+            "cache opened"
+        );
+        Ok(cache)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes held in complete entries.
+    pub fn used(&self) -> u64 {
+        self.lock().used
+    }
+
+    /// Directory for write spools.
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool
+    }
+
+    fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.blobs.join(sha256)
+    }
+
+    /// Opens a cached file and marks it most recently used.
+    pub fn get(&self, sha256: &str) -> Option<File> {
+        if !is_sha256(sha256) {
+            return None;
+        }
+        let known = self.lock().lru.get(sha256).is_some();
+        if !known {
+            return None;
+        }
+        match File::open(self.blob_path(sha256)) {
+            Ok(f) => {
+                // mtime records recency for the index rebuilt at restart.
+                let _ = f.set_modified(SystemTime::now());
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!(sha256, error = %e, "cache entry vanished; dropping it");
+                self.remove(sha256);
+                None
+            }
+        }
+    }
+
+    /// Promises `size` bytes to a download, evicting least recently used
+    /// entries as needed. `None` when the file is larger than the whole
+    /// cache: it is then streamed through a temporary file and not kept.
+    pub fn reserve(self: &Arc<Self>, size: u64) -> Option<Reservation> {
+        if size > self.capacity {
+            return None;
+        }
+        {
+            let mut inner = self.lock();
+            inner.reserved += size;
+        }
+        self.evict_to(self.capacity);
+        Some(Reservation {
+            cache: Arc::clone(self),
+            size,
+        })
+    }
+
+    /// Removes entries, oldest first, until used + reserved ≤ `target`.
+    fn evict_to(&self, target: u64) {
+        let mut victims = Vec::new();
+        {
+            let mut inner = self.lock();
+            while inner.used + inner.reserved > target {
+                let Some((sha, size)) = inner.lru.pop_lru() else {
+                    break;
+                };
+                inner.used -= size;
+                victims.push(sha);
+            }
+        }
+        for sha in victims {
+            // Open descriptors keep their data; new opens miss.
+            if let Err(e) = fs::remove_file(self.blob_path(&sha)) {
+                tracing::warn!(sha256 = %sha, error = %e, "cannot remove evicted cache entry");
+            }
+            tracing::debug!(sha256 = %sha, "evicted from cache");
+        }
+    }
+
+    /// A new sparse file for a download in flight (0600, read-write).
+    pub fn new_partial(&self) -> io::Result<(PathBuf, File)> {
+        let tmp = tempfile::Builder::new()
+            .prefix("dl-")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(&self.partial)?;
+        let (file, path) = tmp.keep().map_err(|e| e.error)?;
+        Ok((path, file))
+    }
+
+    /// A new spool file for application writes (0600, read-write).
+    pub fn new_spool(&self) -> io::Result<(PathBuf, File)> {
+        let path = self.spool.join(format!("w-{:016x}", rand::random::<u64>()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// Moves a complete, verified file into the cache under its sha256.
+    /// With a reservation the space was already promised; without one (a
+    /// published upload) room is made first. Files larger than the cache
+    /// are deleted instead.
+    pub fn commit(
+        self: &Arc<Self>,
+        path: &Path,
+        sha256: &str,
+        size: u64,
+        reservation: Option<Reservation>,
+    ) -> io::Result<()> {
+        let reservation = match reservation {
+            Some(r) => Some(r),
+            None => self.reserve(size),
+        };
+        let Some(reservation) = reservation else {
+            return fs::remove_file(path);
+        };
+        let dest = self.blob_path(sha256);
+        fs::rename(path, &dest)?;
+        let mut inner = self.lock();
+        if let Some(old) = inner.lru.put(sha256.to_string(), size) {
+            inner.used -= old;
+        }
+        inner.used += size;
+        drop(inner);
+        drop(reservation);
+        Ok(())
+    }
+
+    /// Drops an entry (e.g. it no longer matches its sha256).
+    pub fn remove(&self, sha256: &str) {
+        let removed = {
+            let mut inner = self.lock();
+            let r = inner.lru.pop(sha256);
+            if let Some(size) = r {
+                inner.used -= size;
+            }
+            r.is_some()
+        };
+        if removed {
+            let _ = fs::remove_file(self.blob_path(sha256));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn put(cache: &Arc<Cache>, sha: &str, size: usize) {
+        let r = cache.reserve(size as u64);
+        let (path, mut f) = cache.new_partial().unwrap();
+        f.write_all(&vec![7u8; size]).unwrap();
+        cache.commit(&path, sha, size as u64, r).unwrap();
+    }
+
+    fn sha(n: u8) -> String {
+        format!("{:0>64}", format!("{n:x}"))
+    }
+
+    #[test]
+    fn evicts_least_recently_used_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 300).unwrap();
+        put(&cache, &sha(1), 100);
+        put(&cache, &sha(2), 100);
+        put(&cache, &sha(3), 100);
+        assert!(cache.get(&sha(1)).is_some()); // 1 is now most recent
+        put(&cache, &sha(4), 100); // evicts 2
+        assert!(cache.get(&sha(2)).is_none());
+        assert!(cache.get(&sha(1)).is_some());
+        assert_eq!(cache.used(), 300);
+        drop(cache);
+        let cache = Cache::open(dir.path(), 200).unwrap();
+        assert_eq!(cache.used(), 200);
+    }
+
+    #[test]
+    fn too_large_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 50).unwrap();
+        assert!(cache.reserve(51).is_none());
+        let (path, _f) = cache.new_partial().unwrap();
+        cache.commit(&path, &sha(9), 51, None).unwrap();
+        assert!(!path.exists());
+        assert_eq!(cache.used(), 0);
+    }
+}

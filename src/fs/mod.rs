@@ -1,0 +1,571 @@
+//! The filesystem logic, as plain async Rust that knows nothing of FUSE:
+//! the tree `<owner>/<package>/<version>/<file>` built from the registry's
+//! listings (cached for `metadata_ttl`), attributes, directory handles and
+//! file handles. `crate::fuse` only decodes kernel requests, calls these
+//! methods on the tokio runtime, and replies.
+
+mod error;
+mod fetch;
+mod tree;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+pub use error::{errno_name, FsError, FsResult};
+pub use tree::{Ino, Kind, ROOT_INO};
+
+use crate::cache::Cache;
+use crate::protocol::validate::client_version_ok;
+use crate::protocol::Package;
+use crate::registry::{self, Client, FileRef};
+use fetch::Fetch;
+use tree::{ChildSpec, Node, Tree};
+
+/// Settings of the filesystem layer.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub uid: u32,
+    pub gid: u32,
+    pub read_only: bool,
+    /// How long listings are trusted.
+    pub metadata_ttl: Duration,
+    /// Owners always shown in the root (`--owner`).
+    pub owners: Vec<String>,
+    /// Upper bound of a stream's read-ahead window.
+    pub prefetch_max: u64,
+}
+
+/// Attributes of one inode, FUSE-agnostic.
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    pub ino: Ino,
+    pub is_dir: bool,
+    pub size: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+}
+
+/// One directory entry for readdir.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub is_dir: bool,
+    pub name: String,
+}
+
+/// Filesystem totals for statfs.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub files: u64,
+}
+
+enum Handle {
+    Dir(Vec<DirEntry>),
+    /// A file served from the cache, or empty.
+    Local(Option<std::fs::File>),
+    Remote(Arc<Fetch>),
+}
+
+/// The mounted filesystem.
+pub struct Fs {
+    client: Client,
+    cache: Arc<Cache>,
+    config: FsConfig,
+    tree: Mutex<Tree>,
+    /// One listing fetch per directory at a time.
+    listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
+    /// Owners found by lookup (not in the root listing): name and when.
+    probed: Mutex<HashMap<String, (Instant, bool)>>,
+    /// Login of the token's user, if any.
+    login: Mutex<Option<String>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    fetches: Mutex<HashMap<String, Weak<Fetch>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `created_at` (RFC 3339) as a time; the epoch if unparsable.
+fn parse_time(s: &str) -> SystemTime {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(SystemTime::from)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+impl Fs {
+    pub fn new(client: Client, cache: Arc<Cache>, config: FsConfig) -> Fs {
+        Fs {
+            client,
+            cache,
+            config,
+            tree: Mutex::new(Tree::new(SystemTime::now())),
+            listing_locks: Mutex::new(HashMap::new()),
+            probed: Mutex::new(HashMap::new()),
+            login: Mutex::new(None),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            fetches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    /// Records who the token belongs to (checked at mount time).
+    pub fn set_login(&self, login: Option<String>) {
+        *lock(&self.login) = login;
+    }
+
+    fn attr_of(&self, n: &Node) -> Attr {
+        let writable = !self.config.read_only;
+        let is_dir = n.kind.is_dir();
+        Attr {
+            ino: n.ino,
+            is_dir,
+            size: if is_dir { 0 } else { n.size },
+            perm: match (is_dir, writable) {
+                (true, true) => 0o755,
+                (true, false) => 0o555,
+                (false, true) => 0o644,
+                (false, false) => 0o444,
+            },
+            nlink: if is_dir { 2 } else { 1 },
+            uid: self.config.uid,
+            gid: self.config.gid,
+            mtime: n.mtime,
+        }
+    }
+
+    fn node(&self, ino: Ino) -> FsResult<Node> {
+        lock(&self.tree)
+            .get(ino)
+            .cloned()
+            .ok_or_else(|| FsError::not_found(format!("inode {ino} is unknown")))
+    }
+
+    /// Attributes of a known inode.
+    pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        Ok(self.attr_of(&self.node(ino)?))
+    }
+
+    /// Finds `name` in directory `parent`.
+    pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        if name.len() > crate::protocol::MAX_COMPONENT_LEN {
+            return Err(FsError::new(
+                libc::ENAMETOOLONG,
+                "name longer than 255 bytes",
+            ));
+        }
+        let pnode = self.node(parent)?;
+        if !pnode.kind.is_dir() {
+            return Err(FsError::new(libc::ENOTDIR, pnode.path()));
+        }
+        if !name_ok_for(pnode.kind, name) {
+            return Err(FsError::not_found(format!(
+                "{}/{name}: not a valid name",
+                pnode.path()
+            )));
+        }
+        self.ensure_listing(&pnode).await?;
+        if let Some(n) = lock(&self.tree).child(parent, name) {
+            return Ok(self.attr_of(n));
+        }
+        if pnode.kind == Kind::Root && self.probe_owner(name).await? {
+            let spec = ChildSpec {
+                name: name.to_string(),
+                mtime: pnode.mtime,
+                size: 0,
+                sha256: String::new(),
+            };
+            let mut tree = lock(&self.tree);
+            if let Some(ino) = tree.add_child(ROOT_INO, spec, false) {
+                if let Some(n) = tree.get(ino) {
+                    return Ok(self.attr_of(n));
+                }
+            }
+        }
+        Err(FsError::not_found(format!("{}/{name}", pnode.path())))
+    }
+
+    /// Whether an owner not in the root listing exists (autofs-style),
+    /// remembered for the metadata TTL (negative answers briefly).
+    async fn probe_owner(&self, name: &str) -> FsResult<bool> {
+        let key = name.to_lowercase();
+        if let Some((at, exists)) = lock(&self.probed).get(&key).copied() {
+            let ttl = if exists {
+                self.config.metadata_ttl
+            } else {
+                self.negative_ttl()
+            };
+            if at.elapsed() < ttl {
+                return Ok(exists);
+            }
+        }
+        let exists = self.client.owner_exists(name).await?;
+        lock(&self.probed).insert(key, (Instant::now(), exists));
+        Ok(exists)
+    }
+
+    fn negative_ttl(&self) -> Duration {
+        self.config.metadata_ttl.min(Duration::from_secs(5))
+    }
+
+    fn listing_lock(&self, ino: Ino) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.listing_locks).entry(ino).or_default().clone()
+    }
+
+    /// Fetches a directory's listing unless a fresh one is cached.
+    async fn ensure_listing(&self, dir: &Node) -> FsResult<()> {
+        let ttl = self.config.metadata_ttl;
+        if lock(&self.tree).is_fresh(dir.ino, ttl) {
+            return Ok(());
+        }
+        let guard = self.listing_lock(dir.ino);
+        let _held = guard.lock().await;
+        if lock(&self.tree).is_fresh(dir.ino, ttl) {
+            return Ok(()); // fetched while we waited
+        }
+        match dir.kind {
+            Kind::Root => {
+                let specs = self.root_listing(dir.mtime).await?;
+                lock(&self.tree).set_children(ROOT_INO, specs);
+            }
+            Kind::Owner => {
+                let packages = self.client.list_owner_packages(&dir.owner).await?;
+                self.apply_owner_listing(dir.ino, packages);
+            }
+            Kind::Package => {
+                let versions = match self.client.list_versions(&dir.owner, &dir.name).await {
+                    Ok(v) => v,
+                    Err(registry::Error::NotFound(_)) => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                lock(&self.tree).set_children(dir.ino, version_specs(&versions));
+            }
+            Kind::Version => {
+                let files = match self
+                    .client
+                    .list_files(&dir.owner, &dir.name, &dir.version)
+                    .await
+                {
+                    Ok(f) => f,
+                    Err(registry::Error::NotFound(_)) => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                let specs = files
+                    .into_iter()
+                    .filter(|f| crate::protocol::validate_filename(&f.name).is_ok())
+                    .map(|f| ChildSpec {
+                        name: f.name,
+                        mtime: dir.mtime,
+                        size: f.size.max(0) as u64,
+                        sha256: f.sha256.to_lowercase(),
+                    })
+                    .collect();
+                lock(&self.tree).set_children(dir.ino, specs);
+            }
+            Kind::File => {}
+        }
+        Ok(())
+    }
+
+    /// Root: the token's user, their organisations, `--owner` names and
+    /// owners found by lookup.
+    async fn root_listing(&self, mtime: SystemTime) -> FsResult<Vec<ChildSpec>> {
+        let mut names: Vec<String> = Vec::new();
+        let login = lock(&self.login).clone();
+        if let Some(login) = login {
+            names.push(login);
+            match self.client.user_orgs().await {
+                Ok(orgs) => names.extend(orgs.into_iter().map(|o| o.username)),
+                Err(e @ (registry::Error::Forbidden(_) | registry::Error::Unauthorized(_))) => {
+                    tracing::warn!(error = %e, "cannot list organisations (token scope?); showing the user and --owner only")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        names.extend(self.config.owners.iter().cloned());
+        let probed: Vec<String> = {
+            let tree = lock(&self.tree);
+            tree.children(ROOT_INO)
+                .into_iter()
+                .map(|(_, _, n)| n)
+                .filter(|n| {
+                    lock(&self.probed)
+                        .get(&n.to_lowercase())
+                        .is_some_and(|p| p.1)
+                })
+                .collect()
+        };
+        names.extend(probed);
+        Ok(names
+            .into_iter()
+            .map(|name| ChildSpec {
+                name,
+                mtime,
+                size: 0,
+                sha256: String::new(),
+            })
+            .collect())
+    }
+
+    /// The owner listing has every version of every package: fill the
+    /// package directories too, so `ls -R` costs no further listing.
+    fn apply_owner_listing(&self, owner_ino: Ino, packages: Vec<Package>) {
+        let mut by_name: HashMap<String, Vec<Package>> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for p in packages {
+            let key = p.name.to_lowercase();
+            if !by_name.contains_key(&key) {
+                order.push(key.clone());
+            }
+            by_name.entry(key).or_default().push(p);
+        }
+        let mut tree = lock(&self.tree);
+        let specs = order
+            .iter()
+            .map(|key| {
+                let versions = &by_name[key];
+                // Stored spelling: that of the oldest version (first upload).
+                let name = versions.last().map(|p| p.name.clone()).unwrap_or_default();
+                let mtime = versions
+                    .iter()
+                    .map(|p| parse_time(&p.created_at))
+                    .max()
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                ChildSpec {
+                    name,
+                    mtime,
+                    size: 0,
+                    sha256: String::new(),
+                }
+            })
+            .collect();
+        tree.set_children(owner_ino, specs);
+        for key in order {
+            if let Some(pkg) = tree.child(owner_ino, &key).map(|n| n.ino) {
+                tree.set_children(pkg, version_specs(&by_name[&key]));
+            }
+        }
+    }
+
+    /// Opens a directory: lists it (if stale) and snapshots the entries so
+    /// readdir offsets stay stable.
+    pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        if !node.kind.is_dir() {
+            return Err(FsError::new(libc::ENOTDIR, node.path()));
+        }
+        self.ensure_listing(&node).await?;
+        let entries = lock(&self.tree)
+            .children(ino)
+            .into_iter()
+            .map(|(ino, kind, name)| DirEntry {
+                ino,
+                is_dir: kind.is_dir(),
+                name,
+            })
+            .collect();
+        Ok(self.add_handle(Handle::Dir(entries)))
+    }
+
+    /// Entries of an open directory from `offset` on (`.` and `..` first).
+    pub fn readdir(&self, fh: u64, ino: Ino, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
+        let handle = self.handle(fh)?;
+        let Handle::Dir(entries) = &*handle else {
+            return Err(FsError::new(libc::EBADF, "not a directory handle"));
+        };
+        let parent = self.node(ino)?.parent;
+        let dots = [
+            DirEntry {
+                ino,
+                is_dir: true,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: parent,
+                is_dir: true,
+                name: "..".into(),
+            },
+        ];
+        Ok(dots
+            .into_iter()
+            .chain(entries.iter().cloned())
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, e)| (i as u64 + 1, e))
+            .collect())
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF, format!("unknown handle {fh}")))
+    }
+
+    /// Closes a file or directory handle.
+    pub fn release(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    /// Opens a published file for reading. Returns at once: no data is
+    /// fetched until the first read.
+    pub async fn open(&self, ino: Ino, write: bool) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        if node.kind.is_dir() {
+            return Err(FsError::new(libc::EISDIR, node.path()));
+        }
+        if write {
+            let errno = if self.config.read_only {
+                libc::EROFS
+            } else {
+                libc::EEXIST
+            };
+            return Err(FsError::new(
+                errno,
+                format!("{}: published files cannot be changed", node.path()),
+            ));
+        }
+        if node.size == 0 {
+            return Ok(self.add_handle(Handle::Local(None)));
+        }
+        if let Some(f) = self.cache.get(&node.sha256) {
+            return Ok(self.add_handle(Handle::Local(Some(f))));
+        }
+        let fetch = self.fetch_for(&node)?;
+        Ok(self.add_handle(Handle::Remote(fetch)))
+    }
+
+    /// The shared download of a file, created on first use.
+    fn fetch_for(&self, node: &Node) -> FsResult<Arc<Fetch>> {
+        let mut fetches = lock(&self.fetches);
+        fetches.retain(|_, w| w.strong_count() > 0);
+        if let Some(f) = fetches.get(&node.sha256).and_then(Weak::upgrade) {
+            if !f.is_bad() {
+                return Ok(f);
+            }
+        }
+        let fref = FileRef {
+            owner: node.owner.clone(),
+            name: node.name.clone(),
+            version: node.version.clone(),
+            file: node.file.clone(),
+        };
+        let f = Fetch::new(
+            self.client.clone(),
+            Arc::clone(&self.cache),
+            fref,
+            node.size,
+            node.sha256.clone(),
+            self.config.prefetch_max,
+        )?;
+        fetches.insert(node.sha256.clone(), Arc::downgrade(&f));
+        Ok(f)
+    }
+
+    /// A read on a local handle (cache or empty file), if it is one:
+    /// fast enough to run on the calling thread.
+    pub fn read_local(&self, fh: u64, offset: u64, size: u32) -> Option<FsResult<Vec<u8>>> {
+        let handle = self.handle(fh).ok()?;
+        let Handle::Local(file) = &*handle else {
+            return None;
+        };
+        let Some(file) = file else {
+            return Some(Ok(Vec::new()));
+        };
+        Some(pread(file, offset, size))
+    }
+
+    /// Reads from an open file.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if let Some(r) = self.read_local(fh, offset, size) {
+            return r;
+        }
+        match &*self.handle(fh)? {
+            Handle::Remote(fetch) => fetch.read(offset, size).await,
+            _ => Err(FsError::new(libc::EBADF, "not a file handle")),
+        }
+    }
+
+    /// Totals for `df`: the cache is the only local storage.
+    pub fn statfs(&self) -> StatFs {
+        let bs = 4096u64;
+        let cap = self.cache.capacity();
+        StatFs {
+            block_size: bs as u32,
+            blocks: cap / bs,
+            blocks_free: cap.saturating_sub(self.cache.used()) / bs,
+            files: lock(&self.tree).len() as u64,
+        }
+    }
+}
+
+/// Reads up to `size` bytes at `offset` (short at EOF).
+fn pread(file: &std::fs::File, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; size as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FsError::io(e, "read cached file")),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// Versions that can be shown: never one containing `/` (§2 "Slashes").
+fn version_specs(versions: &[Package]) -> Vec<ChildSpec> {
+    versions
+        .iter()
+        .filter(|p| client_version_ok(&p.version))
+        .map(|p| ChildSpec {
+            name: p.version.clone(),
+            mtime: parse_time(&p.created_at),
+            size: 0,
+            sha256: String::new(),
+        })
+        .collect()
+}
+
+/// Whether `name` could exist at this depth (so lookups of impossible
+/// names never reach the registry).
+fn name_ok_for(parent: Kind, name: &str) -> bool {
+    use crate::protocol::validate;
+    match parent {
+        // Gitea user and organisation names: alphanumerics, `-`, `_`, `.`.
+        Kind::Root => {
+            !name.is_empty()
+                && name != "."
+                && name != ".."
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        }
+        Kind::Owner => validate::validate_package_name(name).is_ok(),
+        Kind::Package => client_version_ok(name),
+        Kind::Version => validate::validate_filename(name).is_ok(),
+        Kind::File => false,
+    }
+}

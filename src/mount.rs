@@ -1,0 +1,397 @@
+//! `pkgfs mount`: parse options, check the registry and the token, open
+//! the cache, mount, and run until unmounted or signalled. Without
+//! `--foreground` the process forks first; the parent waits until the mount
+//! is ready (or has failed) and exits with a one-line reason, so a script
+//! can rely on `pkgfs mount ... && ls MOUNT`.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use fuser::{Config, MountOption, SessionACL};
+use url::Url;
+
+use crate::cache::Cache;
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::FuseFs;
+use crate::registry::{self, Client, ClientConfig};
+
+/// Options of `pkgfs mount`. The token comes from the environment variable
+/// `PKGFS_TOKEN` or from `--token-file`, never from the command line.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Registry base URL (Gitea/Forgejo APP_URL), e.g. https://gitea.example.com/
+    pub url: String,
+    /// Existing empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Read the access token from this file (first line). Default: the
+    /// PKGFS_TOKEN environment variable; anonymous when neither is set.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Always show this owner (user or organisation) in the root directory;
+    /// repeatable. Other owners are reachable by path.
+    #[arg(long = "owner", value_name = "NAME")]
+    pub owners: Vec<String>,
+    /// Directory of the download cache and write spool
+    /// [default: $XDG_CACHE_HOME/pkgfs, else ~/.cache/pkgfs]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Upper bound of the disk cache, e.g. 512MiB, 10GiB.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Seconds a directory listing is trusted before it is fetched again.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub metadata_ttl: u64,
+    /// Seconds before a request without progress fails with EIO; a syscall
+    /// never waits longer for the network.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Largest read-ahead window of a sequential read, e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub prefetch: u64,
+    /// Mount read-only: every write fails with EROFS.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let other users access the mount (needs user_allow_other in
+    /// /etc/fuse.conf unless root).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Owner uid of every file [default: the mounting user].
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Owner gid of every file [default: the mounting user's group].
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Stay in the foreground (logs on stderr; Ctrl-C unmounts).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Log every request (same as RUST_LOG=pkgfs=debug).
+    #[arg(long)]
+    pub debug: bool,
+    /// Write logs to this file [default in the background: CACHE_DIR/pkgfs.log].
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Accept invalid TLS certificates (dangerous; prints a warning).
+    #[arg(long)]
+    pub insecure: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+}
+
+/// Parses `512MiB`, `10GiB`, `1G`, `4096`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?}: {e}"))
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("pkgfs");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache").join("pkgfs")
+}
+
+/// The token from `--token-file` or `PKGFS_TOKEN`.
+fn read_token(args: &MountArgs) -> Result<Option<String>> {
+    if let Some(path) = &args.token_file {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            eprintln!(
+                "pkgfs: warning: token file {} is readable by other users; chmod 600 it",
+                path.display()
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() {
+            bail!("token file {} is empty", path.display());
+        }
+        return Ok(Some(token));
+    }
+    Ok(std::env::var("PKGFS_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}
+
+/// Whether `path` is already a mount point (its device differs from its
+/// parent's), so a second mount fails with a clear message.
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let parent = path.join("..");
+    std::fs::metadata(parent).is_ok_and(|p| p.dev() != meta.dev() || p.ino() == meta.ino())
+}
+
+/// Checks done before forking: cheap, local, and they give the clearest
+/// messages.
+fn check_args(args: &MountArgs) -> Result<(Url, PathBuf)> {
+    let url = Url::parse(&args.url).with_context(|| format!("invalid URL {:?}", args.url))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("URL must be http:// or https://, got {:?}", args.url);
+    }
+    let mp = &args.mountpoint;
+    let meta = std::fs::metadata(mp)
+        .map_err(|e| anyhow!("mountpoint {} is not usable: {e}", mp.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", mp.display());
+    }
+    let mp = mp
+        .canonicalize()
+        .with_context(|| format!("mountpoint {}", mp.display()))?;
+    if is_mount_point(&mp) {
+        bail!(
+            "mountpoint {} is busy: something is already mounted there",
+            mp.display()
+        );
+    }
+    Ok((url, mp))
+}
+
+/// Entry point of `pkgfs mount`.
+pub fn run(args: MountArgs) -> Result<()> {
+    let (url, mountpoint) = check_args(&args)?;
+    let token = read_token(&args)?;
+    if args.foreground {
+        init_logging(&args, None)?;
+        return serve_mount(args, url, mountpoint, token, None);
+    }
+    // Fork before any thread exists; the parent only waits for the verdict.
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills two valid descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptors were just created and are owned here only.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: single-threaded at this point (no runtime, no logger threads).
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid in the child detaches from the terminal.
+            unsafe { libc::setsid() };
+            let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+            let log = args
+                .log_file
+                .clone()
+                .unwrap_or_else(|| cache_dir.join("pkgfs.log"));
+            let mut wr = std::fs::File::from(wr);
+            if let Err(e) = init_logging(&args, Some(&log)) {
+                let _ = writeln!(wr, "cannot open log file {}: {e:#}", log.display());
+                std::process::exit(1);
+            }
+            let result = serve_mount(args, url, mountpoint, token, Some(&mut wr));
+            if let Err(e) = &result {
+                let _ = writeln!(wr, "{e:#}");
+                tracing::error!("{e:#}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+        _child => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            let msg = msg.trim();
+            if msg == "ready" {
+                return Ok(());
+            }
+            if msg.is_empty() {
+                bail!("the mount process exited without mounting");
+            }
+            bail!("{msg}");
+        }
+    }
+}
+
+fn init_logging(args: &MountArgs, daemon_log: Option<&Path>) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let default = if args.debug {
+        "pkgfs=debug,info"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let path = args.log_file.as_deref().or(daemon_log);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match path {
+        Some(p) => {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}", p.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+/// Checks the registry and the token, mounts, reports readiness on
+/// `ready`, and serves until unmounted or signalled.
+fn serve_mount(
+    args: MountArgs,
+    url: Url,
+    mountpoint: PathBuf,
+    token: Option<String>,
+    ready: Option<&mut std::fs::File>,
+) -> Result<()> {
+    if args.insecure {
+        tracing::warn!("--insecure: TLS certificates are NOT verified");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("pkgfs-rt")
+        .build()?;
+    let client = Client::new(ClientConfig {
+        base: url.clone(),
+        token,
+        timeout: Duration::from_secs(args.timeout.max(1)),
+        insecure: args.insecure,
+    })?;
+    let login = rt.block_on(check_registry(&client, &url))?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let cache = Cache::open(&cache_dir, args.cache_size)
+        .with_context(|| format!("cannot open cache directory {}", cache_dir.display()))?;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fs = Arc::new(Fs::new(
+        client,
+        cache,
+        FsConfig {
+            uid: args.uid.unwrap_or(uid),
+            gid: args.gid.unwrap_or(gid),
+            read_only: args.read_only,
+            metadata_ttl: Duration::from_secs(args.metadata_ttl),
+            owners: args.owners.clone(),
+            prefetch_max: args.prefetch,
+        },
+    ));
+    fs.set_login(login);
+
+    let mut options = vec![
+        MountOption::FSName(format!("pkgfs:{}", url.host_str().unwrap_or("registry"))),
+        MountOption::Subtype("pkgfs".into()),
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+    ];
+    if args.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.n_threads = Some(args.threads.max(1));
+    if args.allow_other {
+        config.acl = SessionACL::All;
+    }
+    let session = fuser::Session::new(FuseFs::new(fs, rt.handle().clone()), &mountpoint, &config)
+        .map_err(|e| anyhow!("cannot mount on {}: {e}", mountpoint.display()))?;
+    let mut unmounter = {
+        let mut s = session;
+        let u = s.unmount_callable();
+        (s.spawn()?, u)
+    };
+    tracing::info!(url = %url, mountpoint = %mountpoint.display(), "mounted");
+    if let Some(w) = ready {
+        let _ = writeln!(w, "ready");
+        redirect_stdio();
+    }
+    let (bg, ref mut um) = unmounter;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let r = bg.join();
+        let _ = done_tx.send(r);
+    });
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: unmounting"),
+            _ = int.recv() => tracing::info!("SIGINT: unmounting"),
+            _ = hup.recv() => tracing::info!("SIGHUP: unmounting"),
+            r = done_rx => {
+                tracing::info!("unmounted");
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "FUSE session ended with an error");
+                }
+                return Ok::<(), anyhow::Error>(());
+            }
+        }
+        if let Err(e) = um.unmount() {
+            tracing::warn!(error = %e, "unmount failed; trying a lazy unmount");
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&mountpoint)
+                .status();
+        }
+        Ok(())
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Makes sure the registry answers and the token is accepted; returns the
+/// token's login.
+async fn check_registry(client: &Client, url: &Url) -> Result<Option<String>> {
+    match client.current_user().await {
+        Ok(user) => Ok(Some(user.login)),
+        Err(registry::Error::Unauthorized(_)) if client.is_anonymous() => Ok(None),
+        Err(registry::Error::Unauthorized(_)) => {
+            bail!(
+                "the registry at {url} rejected the token (401): check PKGFS_TOKEN or --token-file"
+            )
+        }
+        Err(registry::Error::Forbidden(_)) => {
+            tracing::warn!("the token may not read the user (scope read:user missing); the root lists --owner names only");
+            Ok(None)
+        }
+        Err(e @ (registry::Error::Network(_) | registry::Error::Timeout(_))) => {
+            bail!("cannot reach the registry at {url}: {e}")
+        }
+        Err(registry::Error::NotFound(_)) => {
+            bail!("{url} does not look like a Gitea/Forgejo registry (/api/v1/user answered 404)")
+        }
+        Err(e) => bail!("the registry at {url} failed: {e}"),
+    }
+}
+
+/// A daemon keeps no terminal: stdin/stdout/stderr go to /dev/null.
+fn redirect_stdio() {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors with a valid source.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
+}

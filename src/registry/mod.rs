@@ -1,0 +1,202 @@
+//! HTTP client for a Gitea/Forgejo generic package registry: typed requests,
+//! pagination, authentication, retries of idempotent requests, and the
+//! status-to-error table (`error`). Knows nothing of FUSE or inodes.
+
+mod error;
+mod list;
+mod transfer;
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use url::Url;
+
+pub use error::Error;
+pub use transfer::{validate_ref, Download, FileRef};
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How to reach and authenticate to the registry.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL (APP_URL), e.g. `https://gitea.example.com/`.
+    pub base: Url,
+    /// Personal access token; `None` for anonymous access.
+    pub token: Option<String>,
+    /// Bound on one operation, retries included; also the longest a
+    /// download may stall without receiving a byte.
+    pub timeout: Duration,
+    /// Accept invalid TLS certificates (`--insecure`).
+    pub insecure: bool,
+}
+
+/// The registry client. Cheap to clone (shares the connection pool).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    timeout: Duration,
+    anonymous: bool,
+    /// Whether the server has the v1 "list versions" endpoint (`list`).
+    versions_endpoint: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("anonymous", &self.anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Result<Client> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &config.token {
+            let mut value = HeaderValue::from_str(&format!("token {token}"))
+                .map_err(|_| Error::Invalid("the token contains invalid characters".into()))?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        // reqwest's default redirect policy follows up to 10 hops, keeps
+        // Range, and drops Authorization when host or port change (§7).
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("pkgfs/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.timeout)
+            .read_timeout(config.timeout)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .tcp_nodelay(true)
+            .danger_accept_invalid_certs(config.insecure)
+            .build()
+            .map_err(|e| Error::Network(format!("cannot build HTTP client: {e}")))?;
+        let mut base = config.base;
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Ok(Client {
+            http,
+            base,
+            timeout: config.timeout,
+            anonymous: config.token.is_none(),
+            versions_endpoint: Default::default(),
+        })
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+
+    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        self.http.request(method, url)
+    }
+
+    /// Sends an idempotent request, retrying connection errors, 5xx and 429
+    /// with jittered exponential backoff (honouring `Retry-After`) until
+    /// `timeout` has passed. Returns the response only for a 2xx/3xx status.
+    async fn send_idempotent(
+        &self,
+        method: Method,
+        url: &Url,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response> {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let req = build(self.request(method.clone(), url.clone())).timeout(remaining);
+            let outcome = match req.send().await {
+                Ok(resp) => check_status(resp, &method, url).await,
+                Err(e) => Err((Error::from_reqwest(&e, &describe(&method, url)), None)),
+            };
+            match outcome {
+                Err((err, retry_after)) if err.is_transient() => {
+                    let wait = retry_after.unwrap_or_else(|| jitter(backoff));
+                    if Instant::now() + wait >= deadline {
+                        tracing::warn!(error = %err, "giving up after retries");
+                        return Err(err);
+                    }
+                    tracing::debug!(error = %err, ?wait, "transient error, retrying");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err((err, _)) => return Err(err),
+                Ok(resp) => return Ok(resp),
+            }
+        }
+    }
+
+    /// GET of a JSON document (with retries).
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &Url) -> Result<(T, HeaderMap)> {
+        let resp = self.send_idempotent(Method::GET, url, |r| r).await?;
+        let headers = resp.headers().clone();
+        let what = describe(&Method::GET, url);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::from_reqwest(&e, &what))?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Server {
+            status: 200,
+            message: format!("{what}: unexpected JSON: {e}"),
+        })?;
+        Ok((value, headers))
+    }
+}
+
+/// `METHOD /path` for logs and errors: never the query string or host
+/// credentials.
+pub(crate) fn describe(method: &Method, url: &Url) -> String {
+    format!("{method} {}", url.path())
+}
+
+/// Maps a non-success status to an error (plus `Retry-After`, if any).
+async fn check_status(
+    resp: Response,
+    method: &Method,
+    url: &Url,
+) -> std::result::Result<Response, (Error, Option<Duration>)> {
+    let status = resp.status();
+    if status.is_success() || status.is_redirection() {
+        return Ok(resp);
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = read_error_body(resp).await;
+    let what = format!("{} -> {}", describe(method, url), status.as_u16());
+    let err = Error::from_status(status, &what, &body);
+    if status != StatusCode::NOT_FOUND {
+        tracing::warn!(error = %err, "registry refused request");
+    }
+    Err((err, retry_after))
+}
+
+/// The first KiB of an error body, for the log.
+async fn read_error_body(resp: Response) -> String {
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let cut = &bytes[..bytes.len().min(1024)];
+    let text = String::from_utf8_lossy(cut);
+    // v1 error bodies are JSON {"message": ...}; packages bodies plain text.
+    serde_json::from_str::<crate::protocol::ApiError>(&text)
+        .map(|e| e.message)
+        .unwrap_or_else(|_| text.into_owned())
+}
+
+fn jitter(d: Duration) -> Duration {
+    let factor = 0.5 + rand::random::<f64>();
+    d.mul_f64(factor)
+}

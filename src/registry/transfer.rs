@@ -1,0 +1,187 @@
+//! File transfers on `/api/packages/{owner}/generic/...` (registry-api.md
+//! §4): ranged, streamed downloads that follow SERVE_DIRECT redirects,
+//! uploads streamed from disk, and deletes.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::{Body, Method, Response, StatusCode};
+use tokio_util::io::ReaderStream;
+
+use super::{describe, Client, Error, Result};
+use crate::protocol::{paths, validate};
+
+/// Identifies one published file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileRef {
+    pub owner: String,
+    pub name: String,
+    pub version: String,
+    pub file: String,
+}
+
+/// A download in progress: yields the bytes from the requested offset on,
+/// whether the server honoured `Range` (206) or sent the whole file (200).
+pub struct Download {
+    resp: Response,
+    /// Leading bytes still to discard (the server ignored Range).
+    skip: u64,
+    /// Bytes still wanted after the skipped ones.
+    remaining: u64,
+    what: String,
+}
+
+impl Download {
+    /// The next chunk of the body, `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            if self.remaining == 0 {
+                return Ok(None);
+            }
+            let chunk = self
+                .resp
+                .chunk()
+                .await
+                .map_err(|e| Error::from_reqwest(&e, &self.what))?;
+            let Some(mut chunk) = chunk else {
+                return Ok(None);
+            };
+            if self.skip > 0 {
+                let n = (self.skip as usize).min(chunk.len());
+                self.skip -= n as u64;
+                chunk = chunk.slice(n..);
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
+            if chunk.len() as u64 > self.remaining {
+                chunk.truncate(self.remaining as usize);
+            }
+            self.remaining -= chunk.len() as u64;
+            return Ok(Some(chunk));
+        }
+    }
+}
+
+impl Client {
+    /// Starts a GET of bytes `start..end` of `file`. `RangeNotSatisfiable`
+    /// means `start` is at or past the end of the file.
+    pub async fn download(&self, f: &FileRef, start: u64, end: u64) -> Result<Download> {
+        let url = paths::file_url(&self.base, &f.owner, &f.name, &f.version, &f.file);
+        let what = describe(&Method::GET, &url);
+        let resp = self
+            .send_idempotent(Method::GET, &url, |r| {
+                r.header(RANGE, format!("bytes={start}-{}", end.saturating_sub(1)))
+            })
+            .await?;
+        let skip = match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let first = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range_start);
+                if first != Some(start) {
+                    return Err(Error::Server {
+                        status: 206,
+                        message: format!("{what}: unexpected Content-Range {first:?}"),
+                    });
+                }
+                0
+            }
+            StatusCode::OK => start,
+            s => {
+                return Err(Error::Server {
+                    status: s.as_u16(),
+                    message: format!("{what}: unexpected status"),
+                })
+            }
+        };
+        Ok(Download {
+            resp,
+            skip,
+            remaining: end.saturating_sub(start),
+            what,
+        })
+    }
+
+    /// Uploads `path` (`len` bytes) with one PUT streamed from disk. Names
+    /// are validated locally first: an invalid one sends nothing. Never
+    /// retried here: the caller decides (§9 rule 5, no blind retry).
+    pub async fn upload(&self, f: &FileRef, path: &Path, len: u64) -> Result<()> {
+        validate_ref(f)?;
+        let url = paths::file_url(&self.base, &f.owner, &f.name, &f.version, &f.file);
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::Io(format!("open spool {}: {e}", path.display())))?;
+        let body = Body::wrap_stream(ReaderStream::with_capacity(file, 256 * 1024));
+        let what = describe(&Method::PUT, &url);
+        let resp = self
+            .request(Method::PUT, url.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, len)
+            .body(body)
+            // The body may take long; the read timeout still bounds stalls.
+            .send()
+            .await
+            .map_err(|e| Error::from_reqwest(&e, &what))?;
+        super::check_status(resp, &Method::PUT, &url)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+
+    /// DELETE of one file. 404 is reported as `NotFound`.
+    pub async fn delete_file(&self, f: &FileRef) -> Result<()> {
+        let url = paths::file_url(&self.base, &f.owner, &f.name, &f.version, &f.file);
+        self.send_idempotent(Method::DELETE, &url, |r| r)
+            .await
+            .map(|_| ())
+    }
+
+    /// DELETE of a whole version.
+    pub async fn delete_version(&self, owner: &str, name: &str, version: &str) -> Result<()> {
+        let url = paths::version_url(&self.base, owner, name, version);
+        self.send_idempotent(Method::DELETE, &url, |r| r)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Local validation before any PUT (§9 rule 2).
+pub fn validate_ref(f: &FileRef) -> Result<()> {
+    let too_long = [&f.owner, &f.name, &f.version, &f.file]
+        .iter()
+        .any(|s| s.len() > crate::protocol::MAX_COMPONENT_LEN);
+    if too_long {
+        return Err(Error::Invalid(
+            "a path component is longer than 255 bytes".into(),
+        ));
+    }
+    validate::validate_package_name(&f.name).map_err(|e| Error::Invalid(e.to_string()))?;
+    validate::validate_filename(&f.file).map_err(|e| Error::Invalid(e.to_string()))?;
+    if !validate::client_version_ok(&f.version) {
+        return Err(Error::Invalid("invalid package version".into()));
+    }
+    Ok(())
+}
+
+/// `bytes 100-199/1000` → 100.
+fn parse_content_range_start(v: &str) -> Option<u64> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, _) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    start.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range() {
+        assert_eq!(parse_content_range_start("bytes 100-199/1000"), Some(100));
+        assert_eq!(parse_content_range_start("bytes */1000"), None);
+    }
+}
