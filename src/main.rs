@@ -22,7 +22,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = match pkgfs::mount::helper_args(&argv) {
+        Some(args) => Cli::parse_from(args),
+        None => Cli::parse(),
+    };
     let result = match cli.command {
         Command::Serve(args) => pkgfs::server::run(args),
         Command::Mount(args) => pkgfs::mount::run(args),

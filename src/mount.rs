@@ -395,3 +395,101 @@ fn redirect_stdio() {
         unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }
 }
+
+/// `mount -t fuse.pkgfs` / `/etc/fstab` support: when called as
+/// `mount.pkgfs` (or `mount.fuse.pkgfs`, or by mount.fuse3 as
+/// `pkgfs URL MOUNTPOINT -o opts`), rewrite `URL MOUNTPOINT -o a,b=c` into
+/// `pkgfs mount URL MOUNTPOINT --a --b c`. Generic mount options (`rw`,
+/// `noauto`, `_netdev`, `x-systemd.*`, …) are dropped; `ro` is
+/// `--read-only`. Returns `None` for an ordinary command line.
+pub fn helper_args(argv: &[String]) -> Option<Vec<String>> {
+    let prog = Path::new(argv.first()?)
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    let first = argv.get(1)?;
+    let as_helper =
+        prog.starts_with("mount.") || first.starts_with("http://") || first.starts_with("https://");
+    if !as_helper {
+        return None;
+    }
+    const IGNORED: [&str; 16] = [
+        "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "exec",
+        "noexec", "suid", "nosuid", "dev", "nodev", "atime",
+    ];
+    let mut out = vec![argv[0].clone(), "mount".to_string()];
+    let mut rest = argv[1..].iter();
+    let mut positional = Vec::new();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "-o" => {
+                for opt in rest.next().map(String::as_str).unwrap_or("").split(',') {
+                    let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
+                    if k.is_empty() || IGNORED.contains(&k) || k.starts_with("x-") || k == "noatime"
+                    {
+                        continue;
+                    }
+                    if k == "ro" {
+                        out.push("--read-only".into());
+                        continue;
+                    }
+                    out.push(format!("--{}", k.replace('_', "-")));
+                    if !v.is_empty() {
+                        out.push(v.to_string());
+                    }
+                }
+            }
+            // mount(8) flags: fake, no mtab, sloppy, verbose
+            "-f" | "-n" | "-s" | "-v" => {}
+            _ => positional.push(a.clone()),
+        }
+    }
+    out.splice(2..2, positional);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn mount_helper_options_become_flags() {
+        let got = helper_args(&v(&[
+            "/sbin/mount.pkgfs",
+            "https://g.example/",
+            "/mnt/p",
+            "-o",
+            "rw,noauto,_netdev,token_file=/etc/pkgfs/token,owner=alice,ro,x-systemd.automount,cache_size=1GiB",
+        ]))
+        .unwrap();
+        assert_eq!(
+            got,
+            v(&[
+                "/sbin/mount.pkgfs",
+                "mount",
+                "https://g.example/",
+                "/mnt/p",
+                "--token-file",
+                "/etc/pkgfs/token",
+                "--owner",
+                "alice",
+                "--read-only",
+                "--cache-size",
+                "1GiB",
+            ])
+        );
+        assert!(helper_args(&v(&["pkgfs", "serve"])).is_none());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 * 1024 * 1024));
+        assert_eq!(parse_size("10GiB"), Ok(10 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+}

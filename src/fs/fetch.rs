@@ -64,6 +64,8 @@ struct State {
     last_error: Option<FsError>,
     reservation: Option<Reservation>,
     committed: bool,
+    /// The cache directory is full: reads bypass it.
+    bypass: bool,
 }
 
 /// A download shared by all readers of one file.
@@ -73,8 +75,10 @@ pub struct Fetch {
     fref: FileRef,
     pub size: u64,
     pub sha256: String,
-    path: PathBuf,
-    file: File,
+    /// The sparse download file; `None` when the cache directory could not
+    /// hold it (reads then go straight to the registry).
+    path: Option<PathBuf>,
+    file: Option<File>,
     prefetch_max: u64,
     state: Mutex<State>,
     /// Bumped whenever bytes arrive or a stream ends.
@@ -85,6 +89,7 @@ pub struct Fetch {
 
 enum Step {
     Ready,
+    Direct,
     Wait,
     Start(u64, u64),
 }
@@ -99,9 +104,14 @@ impl Fetch {
         prefetch_max: u64,
     ) -> FsResult<Arc<Fetch>> {
         let reservation = cache.reserve(size);
-        let (path, file) = cache
-            .new_partial()
-            .map_err(|e| FsError::io(e, "create download file in cache"))?;
+        let (path, file) = match cache.new_partial() {
+            Ok((p, f)) => (Some(p), Some(f)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create a download file in the cache directory; reading without the cache");
+                (None, None)
+            }
+        };
+        let bypass = file.is_none();
         Ok(Arc::new(Fetch {
             client,
             cache,
@@ -120,6 +130,7 @@ impl Fetch {
                 last_error: None,
                 reservation,
                 committed: false,
+                bypass,
             }),
             progress: watch::channel(0).0,
             demand_changed: Notify::new(),
@@ -150,6 +161,7 @@ impl Fetch {
             let step = self.plan(offset..end, err_gen)?;
             match step {
                 Step::Ready => break,
+                Step::Direct => return self.read_direct(offset, end).await,
                 Step::Start(id, start) => {
                     let me = Arc::clone(self);
                     tokio::spawn(async move { me.run_stream(id, start).await });
@@ -169,8 +181,42 @@ impl Fetch {
         }
         let mut buf = vec![0u8; (end - offset) as usize];
         self.file
+            .as_ref()
+            .ok_or_else(|| FsError::new(libc::EIO, "no download file"))?
             .read_exact_at(&mut buf, offset)
             .map_err(|e| FsError::io(e, "read download file"))?;
+        Ok(buf)
+    }
+
+    /// A read straight from the registry into memory, used when the cache
+    /// directory is full. Retries transient failures within the timeout.
+    async fn read_direct(&self, offset: u64, end: u64) -> FsResult<Vec<u8>> {
+        let deadline = Instant::now() + self.client.timeout();
+        let mut buf = Vec::with_capacity((end - offset) as usize);
+        while (buf.len() as u64) < end - offset {
+            let pos = offset + buf.len() as u64;
+            let attempt = async {
+                let mut dl = self.client.download(&self.fref, pos, end).await?;
+                while let Some(chunk) = dl.chunk().await? {
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok::<(), registry::Error>(())
+            };
+            match attempt.await {
+                Ok(()) if (buf.len() as u64) < end - offset => {
+                    return Err(FsError::new(
+                        libc::EIO,
+                        format!("{}: body ended early", self.what()),
+                    ));
+                }
+                Ok(()) => {}
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate((end - offset) as usize);
         Ok(buf)
     }
 
@@ -179,6 +225,9 @@ impl Fetch {
         let mut st = self.lock();
         if let Verdict::Bad(msg) = &st.verdict {
             return Err(FsError::new(libc::EIO, msg.clone()));
+        }
+        if st.bypass {
+            return Ok(Step::Direct);
         }
         // Keep streams that serve this reader running ahead of it.
         for s in st.streams.iter_mut() {
@@ -299,8 +348,18 @@ impl Fetch {
             match dl.chunk().await {
                 Ok(Some(bytes)) => {
                     let n = (bytes.len() as u64).min(self.size - pos) as usize;
-                    if let Err(e) = self.file.write_all_at(&bytes[..n], pos) {
-                        break Err(FsError::io(e, "write download file"));
+                    let written = match &self.file {
+                        Some(f) => f.write_all_at(&bytes[..n], pos),
+                        None => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+                    };
+                    if let Err(e) = written {
+                        tracing::warn!(
+                            file = %self.what(),
+                            error = %e,
+                            "cannot write to the cache directory; further reads of this file bypass the cache"
+                        );
+                        self.lock().bypass = true;
+                        break Ok(());
                     }
                     if let Some(h) = hasher.as_mut() {
                         h.update(&bytes[..n]);
@@ -354,11 +413,14 @@ impl Fetch {
     /// Checks the complete file against its sha256 and keeps it in the
     /// cache, or marks it bad (every further read fails with EIO).
     async fn finish(self: Arc<Self>, digest: Option<String>) {
+        let (Some(file), Some(path)) = (&self.file, &self.path) else {
+            return;
+        };
         let digest = match digest {
             Some(d) => Ok(d),
             None => {
-                let me = Arc::clone(&self);
-                tokio::task::spawn_blocking(move || hash_file(&me.file))
+                let f = file.try_clone();
+                tokio::task::spawn_blocking(move || crate::cache::sha256_file(&f?))
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)))
             }
@@ -368,7 +430,7 @@ impl Fetch {
                 let reservation = self.lock().reservation.take();
                 match self
                     .cache
-                    .commit(&self.path, &self.sha256, self.size, reservation)
+                    .commit(path, &self.sha256, self.size, reservation)
                 {
                     Ok(()) => self.lock().committed = true,
                     Err(e) => {
@@ -402,23 +464,8 @@ impl Fetch {
 impl Drop for Fetch {
     fn drop(&mut self) {
         let committed = self.state.get_mut().map(|s| s.committed).unwrap_or(false);
-        if !committed {
-            let _ = std::fs::remove_file(&self.path);
+        if let (false, Some(path)) = (committed, &self.path) {
+            let _ = std::fs::remove_file(path);
         }
     }
-}
-
-fn hash_file(file: &File) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = file.read_at(&mut buf, off)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(hex::encode(h.finalize()))
 }

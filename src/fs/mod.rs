@@ -7,6 +7,7 @@
 mod error;
 mod fetch;
 mod tree;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use crate::protocol::Package;
 use crate::registry::{self, Client, FileRef};
 use fetch::Fetch;
 use tree::{ChildSpec, Node, Tree};
+use write::Writer;
 
 /// Settings of the filesystem layer.
 #[derive(Debug, Clone)]
@@ -72,6 +74,8 @@ enum Handle {
     /// A file served from the cache, or empty.
     Local(Option<std::fs::File>),
     Remote(Arc<Fetch>),
+    /// A file being written (spooled locally until published).
+    Write(Arc<Writer>),
 }
 
 /// The mounted filesystem.
@@ -89,6 +93,10 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     fetches: Mutex<HashMap<String, Weak<Fetch>>>,
+    /// Files being written, by inode.
+    writers: Mutex<HashMap<Ino, Arc<Writer>>>,
+    /// Serialises the first uploads into a new version.
+    version_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +123,8 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             fetches: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+            version_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -235,6 +245,9 @@ impl Fs {
         let _held = guard.lock().await;
         if lock(&self.tree).is_fresh(dir.ino, ttl) {
             return Ok(()); // fetched while we waited
+        }
+        if dir.local {
+            return Ok(()); // a placeholder: nothing on the registry yet
         }
         match dir.kind {
             Kind::Root => {
@@ -421,9 +434,18 @@ impl Fs {
             .ok_or_else(|| FsError::new(libc::EBADF, format!("unknown handle {fh}")))
     }
 
-    /// Closes a file or directory handle.
-    pub fn release(&self, fh: u64) {
-        lock(&self.handles).remove(&fh);
+    /// Closes a file or directory handle. The last handle of a file being
+    /// written may publish it (see `write`).
+    pub async fn release(&self, fh: u64) {
+        let handle = lock(&self.handles).remove(&fh);
+        let writer = match handle.as_deref() {
+            Some(Handle::Write(w)) => Some(Arc::clone(w)),
+            _ => None,
+        };
+        drop(handle);
+        if let Some(w) = writer {
+            self.release_writer(w).await;
+        }
     }
 
     /// Opens a published file for reading. Returns at once: no data is
@@ -432,6 +454,11 @@ impl Fs {
         let node = self.node(ino)?;
         if node.kind.is_dir() {
             return Err(FsError::new(libc::EISDIR, node.path()));
+        }
+        if node.local {
+            if let Some(w) = self.writer_of(ino) {
+                return Ok(self.add_handle(Handle::Write(w)));
+            }
         }
         if write {
             let errno = if self.config.read_only {
@@ -501,6 +528,7 @@ impl Fs {
         }
         match &*self.handle(fh)? {
             Handle::Remote(fetch) => fetch.read(offset, size).await,
+            Handle::Write(w) => w.read(offset, size),
             _ => Err(FsError::new(libc::EBADF, "not a file handle")),
         }
     }

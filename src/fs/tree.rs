@@ -141,10 +141,6 @@ impl Tree {
         self.nodes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
     /// The child called `name` (case-insensitive).
     pub fn child(&self, parent: Ino, name: &str) -> Option<&Node> {
         let ino = self.dirs.get(&parent)?.children.get(&name.to_lowercase())?;
@@ -193,11 +189,16 @@ impl Tree {
             if children.contains_key(&key) {
                 continue; // same name in another spelling: first one wins
             }
-            let reuse = old.get(&key).copied().filter(|ino| {
-                self.nodes
-                    .get(ino)
-                    .is_some_and(|n| kind != Kind::File || n.sha256 == spec.sha256 || n.local)
-            });
+            let old_node = old.get(&key).and_then(|ino| self.nodes.get(ino));
+            if let Some(n) = old_node.filter(|n| kind == Kind::File && n.local) {
+                // A file being written here wins over the listing until
+                // its own upload has answered.
+                children.insert(key, n.ino);
+                continue;
+            }
+            let reuse = old_node
+                .filter(|n| kind != Kind::File || n.sha256 == spec.sha256)
+                .map(|n| n.ino);
             let ino = match reuse {
                 Some(ino) => {
                     if let Some(n) = self.nodes.get_mut(&ino) {
@@ -253,6 +254,20 @@ impl Tree {
     pub fn remove_child(&mut self, parent: Ino, name: &str) {
         if let Some(d) = self.dirs.get_mut(&parent) {
             d.children.remove(&name.to_lowercase());
+        }
+    }
+
+    /// Renames a child within its directory (local files only).
+    pub fn rename_child(&mut self, parent: Ino, from: &str, to: &str) {
+        let Some(dir) = self.dirs.get_mut(&parent) else {
+            return;
+        };
+        let Some(ino) = dir.children.remove(&from.to_lowercase()) else {
+            return;
+        };
+        dir.children.insert(to.to_lowercase(), ino);
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            set_leaf(n, to);
         }
     }
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one test command: installs what the suite needs when it is missing
+# (fuse3 for fusermount3, pkg-config, curl, rsync), then runs every test:
+# formatting, clippy, unit tests and the end-to-end tests that mount real
+# FUSE filesystems against `pkgfs serve` on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ ! -e /dev/fuse ]; then
+  echo "test.sh: /dev/fuse is missing: the end-to-end tests need FUSE" >&2
+  exit 1
+fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+# Tests that mount are many processes each; two at a time fit 2 cores.
+cargo test --locked -- --test-threads="${PKGFS_TEST_THREADS:-4}"

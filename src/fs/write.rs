@@ -1,0 +1,572 @@
+//! The write path: `mkdir` placeholders, files spooled to disk and
+//! published with one PUT when the application closes them, deletes, and
+//! the rename of scratch files (temp-file-then-rename as rsync and editors
+//! write). registry-api.md §9 rules 5–8 and 13.
+//!
+//! Publication happens at the first `flush` after data was written, so
+//! `close()` returns only once the registry has answered. A flush before any
+//! write (a shell's `> file` closes a duplicate first) does not publish; if
+//! no write ever comes, the empty file is published when the last handle is
+//! released (`touch`). Names starting with `.` are local scratch files until
+//! renamed to a publishable name.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use super::error::{FsError, FsResult};
+use super::tree::{ChildSpec, Ino, Kind, Node};
+use super::{lock, Attr, Fs, Handle};
+use crate::protocol::validate::{self, client_version_ok};
+use crate::registry::{self, FileRef};
+
+/// Data of one file being written, shared by all its handles.
+pub(super) struct Writer {
+    pub ino: Ino,
+    spool: PathBuf,
+    file: File,
+    state: Mutex<WriterState>,
+    /// One publication at a time.
+    publishing: tokio::sync::Mutex<()>,
+}
+
+struct WriterState {
+    size: u64,
+    /// Data was written since the writer was created.
+    wrote: bool,
+    phase: Phase,
+}
+
+#[derive(Clone)]
+enum Phase {
+    Open,
+    Published,
+    Failed(FsError),
+}
+
+/// Local scratch files: never uploaded under this name.
+pub(super) fn is_scratch(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+fn erofs() -> FsError {
+    FsError::new(libc::EROFS, "mounted read-only")
+}
+
+impl Writer {
+    pub(super) fn read(&self, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        super::pread(&self.file, offset, size)
+    }
+
+    fn is_published(&self) -> bool {
+        matches!(lock(&self.state).phase, Phase::Published)
+    }
+}
+
+impl Fs {
+    fn check_writable(&self) -> FsResult<()> {
+        if self.config.read_only {
+            Err(erofs())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `mkdir` of a package or version: a local placeholder until its first
+    /// file is published (the registry has no empty packages or versions).
+    pub async fn mkdir(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        self.check_writable()?;
+        let pnode = self.node(parent)?;
+        let valid = match pnode.kind {
+            Kind::Owner => validate::validate_package_name(name).is_ok(),
+            Kind::Package => client_version_ok(name),
+            Kind::Root => {
+                return Err(FsError::new(
+                    libc::EPERM,
+                    format!("{name}: owners are users or organisations of the registry; they cannot be created here"),
+                ))
+            }
+            Kind::Version | Kind::File => {
+                return Err(FsError::new(
+                    libc::EPERM,
+                    format!("{}/{name}: a version directory holds files only", pnode.path()),
+                ))
+            }
+        };
+        if !valid {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!(
+                    "{}/{name}: not a valid {} name",
+                    pnode.path(),
+                    kind_word(pnode.kind)
+                ),
+            ));
+        }
+        if !pnode.local {
+            self.ensure_listing(&pnode).await?;
+        }
+        let mut tree = lock(&self.tree);
+        if tree.child(parent, name).is_some() {
+            return Err(FsError::new(
+                libc::EEXIST,
+                format!("{}/{name}", pnode.path()),
+            ));
+        }
+        let spec = ChildSpec {
+            name: name.to_string(),
+            mtime: SystemTime::now(),
+            size: 0,
+            sha256: String::new(),
+        };
+        let ino = tree
+            .add_child(parent, spec, true)
+            .ok_or_else(|| FsError::new(libc::EIO, "cannot add directory"))?;
+        let node = tree
+            .get(ino)
+            .cloned()
+            .ok_or_else(|| FsError::not_found("new dir"))?;
+        Ok(self.attr_of(&node))
+    }
+
+    /// `rmdir`: a placeholder goes away locally; a version on the registry
+    /// is deleted when it holds no file (ENOTEMPTY otherwise).
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let node = self.child_node(parent, name).await?;
+        if !node.kind.is_dir() {
+            return Err(FsError::new(libc::ENOTDIR, node.path()));
+        }
+        if !node.local {
+            // Listing is refreshed so that files deleted by `rm -r` are gone.
+            lock(&self.tree).invalidate(node.ino);
+            self.ensure_listing(&node).await?;
+        }
+        if !lock(&self.tree).children(node.ino).is_empty() {
+            return Err(FsError::new(libc::ENOTEMPTY, node.path()));
+        }
+        if node.kind == Kind::Version && !node.local {
+            match self
+                .client
+                .delete_version(&node.owner, &node.name, &node.version)
+                .await
+            {
+                Ok(()) | Err(registry::Error::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        lock(&self.tree).remove_child(parent, name);
+        Ok(())
+    }
+
+    /// A child that must exist (lookup semantics, listing refreshed if stale).
+    async fn child_node(&self, parent: Ino, name: &str) -> FsResult<Node> {
+        let pnode = self.node(parent)?;
+        if !pnode.local {
+            self.ensure_listing(&pnode).await?;
+        }
+        lock(&self.tree)
+            .child(parent, name)
+            .cloned()
+            .ok_or_else(|| FsError::not_found(format!("{}/{name}", pnode.path())))
+    }
+
+    /// `open(O_CREAT)` of a new file in a version directory: EEXIST when
+    /// the file is already published, EINVAL for a name the registry
+    /// refuses; the data is spooled under the cache directory.
+    pub async fn create(&self, parent: Ino, name: &str) -> FsResult<(Attr, u64)> {
+        self.check_writable()?;
+        let pnode = self.node(parent)?;
+        if pnode.kind != Kind::Version {
+            return Err(FsError::new(
+                libc::EPERM,
+                format!(
+                    "{}/{name}: files can only be created in a version directory (<owner>/<package>/<version>/)",
+                    pnode.path()
+                ),
+            ));
+        }
+        if !is_scratch(name) && validate::validate_filename(name).is_err() {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!(
+                    "{}/{name}: the registry refuses this filename",
+                    pnode.path()
+                ),
+            ));
+        }
+        if name.len() > crate::protocol::MAX_COMPONENT_LEN {
+            return Err(FsError::new(libc::ENAMETOOLONG, name.to_string()));
+        }
+        if !pnode.local {
+            self.ensure_listing(&pnode).await?;
+        }
+        let (spool, file) = self
+            .cache
+            .new_spool()
+            .map_err(|e| FsError::io(e, "create spool file"))?;
+        let ino = {
+            let mut tree = lock(&self.tree);
+            if let Some(existing) = tree.child(parent, name) {
+                let _ = std::fs::remove_file(&spool);
+                return Err(FsError::new(
+                    libc::EEXIST,
+                    format!(
+                        "{}: already published; published files cannot be replaced",
+                        existing.path()
+                    ),
+                ));
+            }
+            let spec = ChildSpec {
+                name: name.to_string(),
+                mtime: SystemTime::now(),
+                size: 0,
+                sha256: String::new(),
+            };
+            tree.add_child(parent, spec, true)
+                .ok_or_else(|| FsError::new(libc::EIO, "cannot add file"))?
+        };
+        let writer = Arc::new(Writer {
+            ino,
+            spool,
+            file,
+            state: Mutex::new(WriterState {
+                size: 0,
+                wrote: false,
+                phase: Phase::Open,
+            }),
+            publishing: tokio::sync::Mutex::new(()),
+        });
+        lock(&self.writers).insert(ino, Arc::clone(&writer));
+        let fh = self.add_handle(Handle::Write(writer));
+        Ok((self.getattr(ino)?, fh))
+    }
+
+    /// The writer of a local file, if it is one.
+    pub(super) fn writer_of(&self, ino: Ino) -> Option<Arc<Writer>> {
+        lock(&self.writers).get(&ino).cloned()
+    }
+
+    fn writer_handle(&self, fh: u64) -> FsResult<Arc<Writer>> {
+        match &*self.handle(fh)? {
+            Handle::Write(w) => Ok(Arc::clone(w)),
+            _ => Err(FsError::new(libc::EBADF, "not open for writing")),
+        }
+    }
+
+    /// Writes into the spool at any offset.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let w = self.writer_handle(fh)?;
+        let mut st = lock(&w.state);
+        if !matches!(st.phase, Phase::Open) {
+            return Err(FsError::new(
+                libc::EPERM,
+                "the file is already published (or failed to publish); published files cannot change",
+            ));
+        }
+        w.file
+            .write_all_at(data, offset)
+            .map_err(|e| FsError::io(e, "write spool file"))?;
+        st.size = st.size.max(offset + data.len() as u64);
+        st.wrote = true;
+        let size = st.size;
+        drop(st);
+        if let Some(n) = lock(&self.tree).get_mut(w.ino) {
+            n.size = size;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// `truncate`/`ftruncate` of a file being written; published files
+    /// cannot change size.
+    pub fn set_size(&self, ino: Ino, size: u64) -> FsResult<Attr> {
+        self.check_writable()?;
+        let node = self.node(ino)?;
+        let Some(w) = self.writer_of(ino).filter(|w| !w.is_published()) else {
+            if node.size == size && !node.kind.is_dir() {
+                return self.getattr(ino);
+            }
+            return Err(FsError::new(
+                libc::EPERM,
+                format!("{}: published files cannot change", node.path()),
+            ));
+        };
+        w.file
+            .set_len(size)
+            .map_err(|e| FsError::io(e, "truncate spool file"))?;
+        lock(&w.state).size = size;
+        if let Some(n) = lock(&self.tree).get_mut(ino) {
+            n.size = size;
+        }
+        self.getattr(ino)
+    }
+
+    /// `close()`: publishes the file if data was written to it.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let Ok(w) = self.writer_handle(fh) else {
+            return Ok(()); // read handles have nothing to flush
+        };
+        let wrote = lock(&w.state).wrote;
+        if !wrote {
+            return Ok(()); // see the module comment: publish at release
+        }
+        self.publish(&w).await
+    }
+
+    /// Last close of a handle: publishes a file that never saw a flush
+    /// with data (an empty `touch`ed file).
+    pub(super) async fn release_writer(&self, w: Arc<Writer>) {
+        let open = matches!(lock(&w.state).phase, Phase::Open);
+        let others = Arc::strong_count(&w) > 2; // `writers` map + this one
+        if open && !others {
+            if let Err(e) = self.publish(&w).await {
+                tracing::warn!(error = %e, "publishing at release failed");
+            }
+        }
+    }
+
+    /// Uploads the spool under the file's current name (§9 rules 5, 6, 13).
+    async fn publish(&self, w: &Arc<Writer>) -> FsResult<()> {
+        let _one = w.publishing.lock().await;
+        match lock(&w.state).phase.clone() {
+            Phase::Published => return Ok(()),
+            Phase::Failed(e) => return Err(e),
+            Phase::Open => {}
+        }
+        let node = self.node(w.ino)?;
+        if is_scratch(&node.file) {
+            return Ok(()); // published when renamed to a real name
+        }
+        let size = lock(&w.state).size;
+        let fref = FileRef {
+            owner: node.owner.clone(),
+            name: node.name.clone(),
+            version: node.version.clone(),
+            file: node.file.clone(),
+        };
+        let result = self.upload(&node, &fref, w, size).await;
+        match result {
+            Ok(sha) => {
+                lock(&w.state).phase = Phase::Published;
+                self.mark_published(&node, &sha, size);
+                lock(&self.writers).remove(&w.ino);
+                if let Err(e) = self.cache.commit(&w.spool, &sha, size, None) {
+                    tracing::warn!(error = %e, "cannot move published file into the cache");
+                }
+                tracing::info!(path = %node.path(), size, "published");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(path = %node.path(), error = %e, "publishing failed; the file was not published");
+                lock(&w.state).phase = Phase::Failed(e.clone());
+                lock(&self.writers).remove(&w.ino);
+                lock(&self.tree).remove_child(node.parent, &node.file);
+                let _ = std::fs::remove_file(&w.spool);
+                Err(e)
+            }
+        }
+    }
+
+    /// The PUT and the interpretation of its outcome.
+    async fn upload(&self, node: &Node, fref: &FileRef, w: &Writer, size: u64) -> FsResult<String> {
+        if let Err(e) = registry::validate_ref(fref) {
+            return Err(e.into()); // EINVAL, nothing sent
+        }
+        // The first file of a new version: one PUT at a time (§9 rule 13).
+        let version_local = lock(&self.tree).get(node.parent).is_some_and(|v| v.local);
+        let vlock = version_local.then(|| self.version_lock(node));
+        let _guard = match &vlock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        match self.client.upload(fref, &w.spool, size).await {
+            Ok(sha) => Ok(sha),
+            Err(registry::Error::BadRequest(msg)) => {
+                // Local validation passed: most likely the 1.17-style
+                // "package version already exists" (§9 rule 6).
+                match self
+                    .client
+                    .list_files(&fref.owner, &fref.name, &fref.version)
+                    .await
+                {
+                    Ok(files) if !files.is_empty() => Err(FsError::new(
+                        libc::EEXIST,
+                        format!(
+                            "{}: the registry refused it as a duplicate: {msg}",
+                            node.path()
+                        ),
+                    )),
+                    _ => Err(FsError::new(
+                        libc::EINVAL,
+                        format!("{}: {msg}", node.path()),
+                    )),
+                }
+            }
+            Err(e @ (registry::Error::Network(_) | registry::Error::Timeout(_))) => {
+                // The answer was lost: did the registry get the file? (no
+                // blind retry, §9 rule 5)
+                let local = {
+                    let f = w.file.try_clone().map_err(|e| FsError::io(e, "spool"))?;
+                    tokio::task::spawn_blocking(move || crate::cache::sha256_file(&f))
+                        .await
+                        .map_err(|e| FsError::new(libc::EIO, e.to_string()))?
+                        .map_err(|e| FsError::io(e, "hash spool"))?
+                };
+                let files = self
+                    .client
+                    .list_files(&fref.owner, &fref.name, &fref.version)
+                    .await
+                    .unwrap_or_default();
+                let lower = fref.file.to_lowercase();
+                if files.iter().any(|f| {
+                    f.name.to_lowercase() == lower && f.sha256.eq_ignore_ascii_case(&local)
+                }) {
+                    tracing::info!(path = %node.path(), "connection lost after the upload, but the registry has the file");
+                    return Ok(local);
+                }
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn version_lock(&self, node: &Node) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!("{}\0{}\0{}", node.owner, node.name, node.version).to_lowercase();
+        lock(&self.version_locks).entry(key).or_default().clone()
+    }
+
+    /// After a 201: the file and its parents now exist on the registry.
+    fn mark_published(&self, node: &Node, sha: &str, size: u64) {
+        let mut tree = lock(&self.tree);
+        if let Some(n) = tree.get_mut(node.ino) {
+            n.local = false;
+            n.sha256 = sha.to_string();
+            n.size = size;
+        }
+        let mut up = node.parent;
+        while let Some(p) = tree.get_mut(up) {
+            if !p.local {
+                break;
+            }
+            p.local = false;
+            up = p.parent;
+        }
+    }
+
+    /// `unlink`: a local file is dropped; a published one is deleted on the
+    /// registry (404 counts as already gone). Deleting the last file of a
+    /// version makes the version disappear, as on the registry.
+    pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let node = self.child_node(parent, name).await?;
+        if node.kind.is_dir() {
+            return Err(FsError::new(libc::EISDIR, node.path()));
+        }
+        if node.local {
+            if let Some(w) = lock(&self.writers).remove(&node.ino) {
+                let _ = std::fs::remove_file(&w.spool);
+                lock(&w.state).phase =
+                    Phase::Failed(FsError::not_found("deleted before publishing"));
+            }
+        } else {
+            let fref = FileRef {
+                owner: node.owner.clone(),
+                name: node.name.clone(),
+                version: node.version.clone(),
+                file: node.file.clone(),
+            };
+            match self.client.delete_file(&fref).await {
+                Ok(()) | Err(registry::Error::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut tree = lock(&self.tree);
+        tree.remove_child(parent, name);
+        let version_gone = !node.local
+            && tree.children(parent).is_empty()
+            && tree.get(parent).is_some_and(|v| !v.local);
+        if version_gone {
+            if let Some(v) = tree.get(parent).cloned() {
+                tree.remove_child(v.parent, &v.version);
+                tree.invalidate(v.parent);
+            }
+        }
+        Ok(())
+    }
+
+    /// `rename` within a version directory of a local (scratch) file; the
+    /// new name is published at once unless it is a scratch name too. The
+    /// registry cannot rename: published files and directories → EPERM.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        newparent: Ino,
+        newname: &str,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        let node = self.child_node(parent, name).await?;
+        if node.kind.is_dir() || !node.local {
+            return Err(FsError::new(
+                libc::EPERM,
+                format!(
+                    "{}: the registry cannot rename published files or directories",
+                    node.path()
+                ),
+            ));
+        }
+        if newparent != parent {
+            return Err(FsError::new(
+                libc::EXDEV,
+                format!("{}: rename only within its version directory", node.path()),
+            ));
+        }
+        if !is_scratch(newname) && validate::validate_filename(newname).is_err() {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("{newname}: the registry refuses this filename"),
+            ));
+        }
+        let w = self
+            .writer_of(node.ino)
+            .ok_or_else(|| FsError::not_found(node.path()))?;
+        {
+            let mut tree = lock(&self.tree);
+            if let Some(target) = tree.child(parent, newname).cloned() {
+                if target.ino != node.ino {
+                    if !target.local {
+                        return Err(FsError::new(
+                            libc::EEXIST,
+                            format!(
+                                "{}: already published; published files cannot be replaced",
+                                target.path()
+                            ),
+                        ));
+                    }
+                    // Replacing another local file, as rename(2) does.
+                    if let Some(old) = lock(&self.writers).remove(&target.ino) {
+                        let _ = std::fs::remove_file(&old.spool);
+                        lock(&old.state).phase =
+                            Phase::Failed(FsError::not_found("replaced by rename"));
+                    }
+                    tree.remove_child(parent, newname);
+                }
+            }
+            tree.rename_child(parent, name, newname);
+        }
+        if is_scratch(newname) {
+            return Ok(());
+        }
+        self.publish(&w).await
+    }
+}
+
+fn kind_word(parent: Kind) -> &'static str {
+    match parent {
+        Kind::Owner => "package",
+        Kind::Package => "version",
+        _ => "",
+    }
+}

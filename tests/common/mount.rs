@@ -1,0 +1,156 @@
+//! A real `pkgfs mount` for end-to-end tests: the binary in the foreground,
+//! a fresh mount point and cache directory, unmounted and killed in `Drop`
+//! (also when the test panics).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub struct Mount {
+    pub dir: TempDir,
+    pub cache: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    _cache_holder: Option<TempDir>,
+}
+
+/// Whether `path` appears as a mount point in /proc/mounts.
+pub fn is_mounted(path: &Path) -> bool {
+    let target = path.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(target.as_str()))
+}
+
+pub fn pkgfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pkgfs")
+}
+
+impl Mount {
+    /// Mounts `url` with `token` (None: anonymous) and extra options.
+    pub fn start(url: &str, token: Option<&str>, extra: &[&str]) -> Mount {
+        let cache = TempDir::new().expect("cache tempdir");
+        let path = cache.path().join("cache");
+        let mut m = Mount::start_with_cache(url, token, extra, &path);
+        m._cache_holder = Some(cache);
+        m
+    }
+
+    /// Mounts with a given cache directory (to test reuse across mounts).
+    pub fn start_with_cache(url: &str, token: Option<&str>, extra: &[&str], cache: &Path) -> Mount {
+        let dir = TempDir::new().expect("mount tempdir");
+        let log = dir.path().with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(pkgfs_bin());
+        cmd.arg("mount")
+            .arg(url)
+            .arg(dir.path())
+            .arg("--foreground")
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(extra)
+            .env_remove("PKGFS_TOKEN")
+            .env("RUST_LOG", "pkgfs=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file);
+        if let Some(t) = token {
+            cmd.env("PKGFS_TOKEN", t);
+        }
+        let child = cmd.spawn().expect("spawn pkgfs mount");
+        let mut m = Mount {
+            dir,
+            cache: cache.to_path_buf(),
+            log,
+            child: Some(child),
+            _cache_holder: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(m.dir.path()) {
+            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("pkgfs mount exited early ({status}):\n{}", m.log_text());
+            }
+            if Instant::now() > deadline {
+                panic!("pkgfs mount not ready after 20s:\n{}", m.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Unmounts and waits for the daemon to exit.
+    pub fn unmount(&mut self) {
+        if is_mounted(self.dir.path()) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(self.dir.path())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(self.dir.path())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Unmounts a mount made by a background `pkgfs mount` when dropped.
+pub struct Unmounter(pub PathBuf);
+
+impl Drop for Unmounter {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if !is_mounted(&self.0) {
+                return;
+            }
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
+    }
+}

@@ -1,0 +1,333 @@
+//! End-to-end tests of the read path (issue 3): a real `pkgfs serve`, a
+//! real FUSE mount of the real binary, real syscalls and tools.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::mount::Mount;
+use common::server::TestServer;
+use common::{data, sha256_hex};
+
+fn mount(server: &TestServer, extra: &[&str]) -> Mount {
+    Mount::start(&server.url, Some(&server.token), extra)
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn lists_every_level_with_sizes_and_modes() {
+    let server = TestServer::start(&["--test-hooks"]);
+    server.put("alice", "tool", "1.0.0", "a.bin", &data(1000, 1));
+    server.put("alice", "tool", "1.0.0", "b.txt", b"hello\n");
+    server.put("alice", "tool", "1.1.0", "a.bin", &data(10, 2));
+    server.put("alice", "other", "0.1", "x", b"x");
+    let m = mount(&server, &[]);
+    assert_eq!(names(m.dir.path()), vec!["alice"]);
+    assert_eq!(names(&m.path("alice")), vec!["other", "tool"]);
+    assert_eq!(names(&m.path("alice/tool")), vec!["1.0.0", "1.1.0"]);
+    assert_eq!(names(&m.path("alice/tool/1.0.0")), vec!["a.bin", "b.txt"]);
+    let meta = std::fs::metadata(m.path("alice/tool/1.0.0/a.bin")).unwrap();
+    assert_eq!(meta.len(), 1000);
+    assert_eq!(meta.mode() & 0o777, 0o644);
+    assert_eq!(meta.uid(), unsafe { libc::getuid() });
+    let dmeta = std::fs::metadata(m.path("alice/tool")).unwrap();
+    assert!(dmeta.is_dir());
+    assert_eq!(dmeta.mode() & 0o777, 0o755);
+    // mtime comes from the version's created_at: recent, not 1970.
+    let age = std::time::SystemTime::now()
+        .duration_since(meta.modified().unwrap())
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(600), "mtime {age:?} old");
+    // Unknown names are ENOENT at every level.
+    for p in ["nobody", "alice/nope", "alice/tool/9.9", "alice/tool/1.0.0/nope"] {
+        let e = std::fs::metadata(m.path(p)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{p}");
+    }
+    // df works.
+    let df = Command::new("df").arg(m.dir.path()).output().unwrap();
+    assert!(df.status.success(), "{}", String::from_utf8_lossy(&df.stderr));
+}
+
+#[test]
+fn other_owners_are_reachable_by_path_and_owner_option_lists_them() {
+    let server = TestServer::start(&["--config-users", "bob"]);
+    // bob is a second public user; alice's token can read bob's packages.
+    server.put_as("bob", "bob", "lib", "2.0", "lib.so", b"ELF");
+    let m = mount(&server, &[]);
+    assert_eq!(names(m.dir.path()), vec!["alice"]);
+    assert_eq!(std::fs::read(m.path("bob/lib/2.0/lib.so")).unwrap(), b"ELF");
+    drop(m);
+    let m = mount(&server, &["--owner", "bob"]);
+    assert_eq!(names(m.dir.path()), vec!["alice", "bob"]);
+}
+
+#[test]
+fn paginates_121_versions_and_matches_names_case_insensitively() {
+    let server = TestServer::start(&[]);
+    for i in 0..121 {
+        server.put("alice", "many", &format!("1.0.{i}"), "f", b"v");
+    }
+    server.put("alice", "MyPkg", "V1", "File.BIN", b"case");
+    let m = mount(&server, &[]);
+    assert_eq!(names(&m.path("alice/many")).len(), 121);
+    assert_eq!(names(&m.path("alice")), vec!["MyPkg", "many"]);
+    assert_eq!(std::fs::read(m.path("alice/mypkg/v1/file.bin")).unwrap(), b"case");
+    assert_eq!(std::fs::read(m.path("alice/MYPKG/V1/FILE.bin")).unwrap(), b"case");
+    assert_eq!(names(&m.path("alice/mypkg/v1")), vec!["File.BIN"]);
+}
+
+#[test]
+fn reads_are_byte_exact_for_all_sizes() {
+    let server = TestServer::start(&[]);
+    let sizes = [0usize, 1, 1024 * 1024 + 1, 200 * 1024 * 1024];
+    for (i, &n) in sizes.iter().enumerate() {
+        server.put("alice", "sizes", "1", &format!("f{i}"), &data(n, i as u64));
+    }
+    let m = mount(&server, &[]);
+    for (i, &n) in sizes.iter().enumerate() {
+        let path = m.path(&format!("alice/sizes/1/f{i}"));
+        let out = Command::new("sha256sum").arg(&path).output().unwrap();
+        assert!(out.status.success(), "sha256sum {}", path.display());
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(&got[..64], sha256_hex(&data(n, i as u64)), "size {n}");
+    }
+}
+
+#[test]
+fn random_offset_reads_match_the_source() {
+    let server = TestServer::start(&["--test-hooks"]);
+    let src = data(64 * 1024 * 1024 + 123, 7);
+    server.put("alice", "rand", "1", "big", &src);
+    let m = mount(&server, &[]);
+    let mut f = std::fs::File::open(m.path("alice/rand/1/big")).unwrap();
+    let mut rng = 12345u64;
+    for _ in 0..200 {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let off = (rng >> 11) % src.len() as u64;
+        let len = ((rng >> 3) % 70_000) as usize;
+        let mut buf = vec![0u8; len];
+        f.seek(SeekFrom::Start(off)).unwrap();
+        let mut got = 0;
+        while got < len {
+            let n = f.read(&mut buf[got..]).unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let end = (off as usize + len).min(src.len());
+        assert_eq!(&buf[..got], &src[off as usize..end], "offset {off}");
+    }
+    // Random access did not download the whole file.
+    let sent = server.stats()["bytes_sent"].as_u64().unwrap();
+    assert!(sent < src.len() as u64, "server sent {sent} bytes for random reads");
+}
+
+#[test]
+fn tail_of_a_large_file_does_not_wait_for_the_whole_file() {
+    let server = TestServer::start(&["--test-hooks"]);
+    let src = data(100 * 1024 * 1024, 3);
+    server.put("alice", "tail", "1", "big", &src);
+    let m = mount(&server, &[]);
+    let out = Command::new("tail").arg("-c").arg("1000").arg(m.path("alice/tail/1/big")).output().unwrap();
+    assert_eq!(out.stdout, &src[src.len() - 1000..]);
+    let sent = server.stats()["bytes_sent"].as_u64().unwrap();
+    assert!(sent < 16 * 1024 * 1024, "tail made the server send {sent} bytes");
+}
+
+#[test]
+fn cached_file_is_served_without_requests_also_after_remount() {
+    let server = TestServer::start(&["--test-hooks"]);
+    let src = data(3 * 1024 * 1024, 9);
+    server.put("alice", "c", "1", "f", &src);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("c");
+    {
+        let m = Mount::start_with_cache(&server.url, Some(&server.token), &[], &cache_dir);
+        assert_eq!(std::fs::read(m.path("alice/c/1/f")).unwrap(), src);
+        server.reset();
+        assert_eq!(std::fs::read(m.path("alice/c/1/f")).unwrap(), src);
+        assert_eq!(server.stats()["file_get"].as_u64(), Some(0), "second read made GETs");
+    }
+    let m = Mount::start_with_cache(&server.url, Some(&server.token), &[], &cache_dir);
+    // Listing costs requests; reading the cached file does not.
+    let _ = std::fs::metadata(m.path("alice/c/1/f")).unwrap();
+    server.reset();
+    assert_eq!(std::fs::read(m.path("alice/c/1/f")).unwrap(), src);
+    assert_eq!(server.stats()["file_get"].as_u64(), Some(0), "read after remount made GETs");
+    let meta = std::fs::metadata(&cache_dir).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700);
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() { dir_size(&e.path()) } else { m.blocks() * 512 };
+    }
+    total
+}
+
+#[test]
+fn cache_stays_within_its_bound() {
+    let server = TestServer::start(&[]);
+    let each = 4 * 1024 * 1024;
+    for i in 0..6 {
+        server.put("alice", "b", "1", &format!("f{i}"), &data(each, 100 + i));
+    }
+    let m = mount(&server, &["--cache-size", "8MiB"]);
+    for i in 0..6 {
+        let got = std::fs::read(m.path(&format!("alice/b/1/f{i}"))).unwrap();
+        assert_eq!(sha256_hex(&got), sha256_hex(&data(each, 100 + i as u64)));
+        let used = dir_size(&m.cache.join("blobs"));
+        assert!(used <= 8 * 1024 * 1024 + each as u64, "cache holds {used} bytes");
+    }
+    let used = dir_size(&m.cache.join("blobs"));
+    assert!(used <= 8 * 1024 * 1024, "cache holds {used} bytes after reads");
+}
+
+#[test]
+fn corrupted_blob_on_the_server_gives_eio() {
+    let server = TestServer::start(&["--test-hooks"]);
+    let src = data(2 * 1024 * 1024, 5);
+    server.put("alice", "bad", "1", "f", &src);
+    server.corrupt_blob(&sha256_hex(&src));
+    let m = mount(&server, &[]);
+    let err = std::fs::read(m.path("alice/bad/1/f")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(std::fs::read_dir(m.cache.join("blobs")).unwrap().next().is_none());
+    assert!(m.log_text().contains("do not match"), "log does not say why");
+}
+
+#[test]
+fn concurrent_readers_share_one_download() {
+    let server = TestServer::start(&["--test-hooks"]);
+    let src = data(32 * 1024 * 1024, 11);
+    server.put("alice", "share", "1", "f", &src);
+    let m = mount(&server, &[]);
+    let _ = std::fs::metadata(m.path("alice/share/1/f")).unwrap();
+    server.reset();
+    let want = sha256_hex(&src);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let p = m.path("alice/share/1/f");
+            std::thread::spawn(move || sha256_hex(&std::fs::read(p).unwrap()))
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), want);
+    }
+    let sent = server.stats()["bytes_sent"].as_u64().unwrap();
+    assert!(sent <= src.len() as u64 * 11 / 10, "8 readers made the server send {sent} bytes");
+}
+
+#[test]
+fn follows_serve_direct_redirects_without_leaking_the_token() {
+    let server = TestServer::start(&["--serve-direct", "--test-hooks"]);
+    let src = data(5 * 1024 * 1024 + 7, 13);
+    server.put("alice", "direct", "1", "f", &src);
+    let m = mount(&server, &[]);
+    assert_eq!(sha256_hex(&std::fs::read(m.path("alice/direct/1/f")).unwrap()), sha256_hex(&src));
+    // Ranged read through the redirect (a fresh file, so nothing is cached).
+    server.put("alice", "direct", "1", "g", &src);
+    let mut f = std::fs::File::open(m.path("alice/direct/1/g")).unwrap();
+    f.seek(SeekFrom::Start(4 * 1024 * 1024)).unwrap();
+    let mut buf = vec![0u8; 1000];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, &src[4 * 1024 * 1024..4 * 1024 * 1024 + 1000]);
+}
+
+#[test]
+fn rejected_token_and_bad_mountpoints_fail_mount_with_a_clear_message() {
+    let server = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str, mp: &std::path::Path, token: &str| {
+        Command::new(common::mount::pkgfs_bin())
+            .arg("mount")
+            .arg(url)
+            .arg(mp)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .env("PKGFS_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = run(&server.url, dir.path(), "wrong-token");
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("rejected the token"), "{msg}");
+    assert!(!msg.contains("wrong-token"), "the token leaked: {msg}");
+    assert!(!common::mount::is_mounted(dir.path()));
+
+    let out = run(&server.url, &dir.path().join("missing"), &server.token);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+
+    let out = run("http://127.0.0.1:9/", dir.path(), &server.token);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+
+    // Background mode: returns when ready; a second mount on it is busy.
+    let out = run(&server.url, dir.path(), &server.token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let guard = common::mount::Unmounter(dir.path().to_path_buf());
+    assert!(common::mount::is_mounted(dir.path()));
+    let out = run(&server.url, dir.path(), &server.token);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"));
+    drop(guard);
+    assert!(!common::mount::is_mounted(dir.path()));
+}
+
+#[test]
+fn anonymous_mount_of_a_public_owner() {
+    let server = TestServer::start(&["--v1-anonymous-read"]);
+    server.put("alice", "pub", "1", "f", b"public bytes");
+    let m = Mount::start(&server.url, None, &["--owner", "alice"]);
+    assert_eq!(names(m.dir.path()), vec!["alice"]);
+    assert_eq!(std::fs::read(m.path("alice/pub/1/f")).unwrap(), b"public bytes");
+}
+
+#[test]
+fn dead_registry_gives_eio_within_the_timeout_and_recovers() {
+    let mut server = TestServer::start(&[]);
+    server.put("alice", "dead", "1", "f", &data(1000, 1));
+    let m = mount(&server, &["--timeout", "3", "--metadata-ttl", "1"]);
+    assert_eq!(names(&m.path("alice/dead")), vec!["1"]);
+    server.stop();
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = Instant::now();
+    let err = std::fs::read_dir(m.path("alice/dead")).map(|_| ()).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    let err = std::fs::read(m.path("alice/dead/1/f")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    server.restart();
+    assert_eq!(std::fs::read(m.path("alice/dead/1/f")).unwrap(), data(1000, 1));
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let server = TestServer::start(&[]);
+    let mut m = mount(&server, &[]);
+    let pid = m.pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t = Instant::now();
+    while common::mount::is_mounted(m.dir.path()) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!common::mount::is_mounted(m.dir.path()));
+    m.unmount();
+}

@@ -1,0 +1,300 @@
+//! End-to-end tests of the write path (issue 4): publishing with real
+//! tools through a real mount, EEXIST/EINVAL/EIO/EROFS, deletes.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::mount::Mount;
+use common::server::TestServer;
+use common::{data, sha256_hex};
+
+fn mount(server: &TestServer, extra: &[&str]) -> Mount {
+    Mount::start(&server.url, Some(&server.token), extra)
+}
+
+fn sh(script: &str) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The registry's bytes of a file (through HTTP, not the mount).
+fn remote(server: &TestServer, owner: &str, pkg: &str, ver: &str, file: &str) -> Option<Vec<u8>> {
+    server.get(owner, pkg, ver, file)
+}
+
+fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn publishes_with_cp_mv_dd_tee_shell_python_and_touch() {
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    let src = tempfile::tempdir().unwrap();
+    let a = write_local(src.path(), "a.bin", &data(3 * 1024 * 1024 + 5, 1));
+    let v = m.path("alice/tool/1.0");
+    std::fs::create_dir_all(&v).unwrap(); // mkdir -p of package and version
+    assert!(std::fs::metadata(&v).unwrap().is_dir());
+
+    ok(&sh(&format!("cp {} {}/", a.display(), v.display())));
+    assert_eq!(remote(&server, "alice", "tool", "1.0", "a.bin").unwrap(), data(3 * 1024 * 1024 + 5, 1));
+
+    let b = write_local(src.path(), "b.bin", b"moved");
+    ok(&sh(&format!("mv {} {}/", b.display(), v.display())));
+    assert!(!b.exists());
+    assert_eq!(remote(&server, "alice", "tool", "1.0", "b.bin").unwrap(), b"moved");
+
+    ok(&sh(&format!("dd if={} of={}/dd.bin bs=64k status=none", a.display(), v.display())));
+    assert_eq!(remote(&server, "alice", "tool", "1.0", "dd.bin").unwrap(), data(3 * 1024 * 1024 + 5, 1));
+
+    ok(&sh(&format!("printf 'tee data' | tee {}/tee.txt >/dev/null", v.display())));
+    assert_eq!(remote(&server, "alice", "tool", "1.0", "tee.txt").unwrap(), b"tee data");
+
+    ok(&sh(&format!("printf 'data' > {}/redir.txt", v.display())));
+    assert_eq!(remote(&server, "alice", "tool", "1.0", "redir.txt").unwrap(), b"data");
+
+    ok(&sh(&format!(
+        "python3 -c \"f=open('{}/py.bin','wb'); f.write(b'py'*1000); f.close()\"",
+        v.display()
+    )));
+    assert_eq!(remote(&server, "alice", "tool", "1.0", "py.bin").unwrap(), b"py".repeat(1000));
+
+    ok(&sh(&format!("touch {}/empty", v.display())));
+    // An empty file is published when its last descriptor is released.
+    let mut got = None;
+    for _ in 0..100 {
+        got = remote(&server, "alice", "tool", "1.0", "empty");
+        if got.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(got.unwrap(), b"");
+
+    // cp -r of a directory of files into a new version.
+    let tree = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        write_local(tree.path(), &format!("f{i}"), &data(1000 + i, i as u64));
+    }
+    ok(&sh(&format!("cp -r {} {}", tree.path().display(), m.path("alice/tool/2.0").display())));
+    for i in 0..5 {
+        assert_eq!(remote(&server, "alice", "tool", "2.0", &format!("f{i}")).unwrap(), data(1000 + i, i as u64));
+    }
+
+    // Listings show what was published, with real sizes, and reads of
+    // every published file are byte-exact.
+    let meta = std::fs::metadata(v.join("a.bin")).unwrap();
+    assert_eq!(meta.len(), 3 * 1024 * 1024 + 5);
+    for f in ["a.bin", "b.bin", "dd.bin", "tee.txt", "redir.txt", "py.bin", "empty"] {
+        let via_mount = std::fs::read(v.join(f)).unwrap();
+        assert_eq!(Some(via_mount), remote(&server, "alice", "tool", "1.0", f), "{f}");
+    }
+}
+
+#[test]
+fn rsync_publishes_only_final_names() {
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    let tree = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        write_local(tree.path(), &format!("r{i}.tar.gz"), &data(200_000 + i, 50 + i as u64));
+    }
+    ok(&sh(&format!("rsync -r {}/ {}/", tree.path().display(), m.path("alice/tool/1.3.1").display())));
+    let files = server.files("alice", "tool", "1.3.1");
+    let mut names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec!["r0.tar.gz", "r1.tar.gz", "r2.tar.gz", "r3.tar.gz"]);
+    for i in 0..4 {
+        let got = remote(&server, "alice", "tool", "1.3.1", &format!("r{i}.tar.gz")).unwrap();
+        assert_eq!(sha256_hex(&got), sha256_hex(&data(200_000 + i, 50 + i as u64)));
+    }
+}
+
+#[test]
+fn existing_files_give_eexist_at_open_and_at_close() {
+    for legacy in [false, true] {
+        let args: &[&str] = if legacy { &["--legacy-duplicates"] } else { &[] };
+        let server = TestServer::start(args);
+        server.put("alice", "dup", "1.0", "a.bin", b"first");
+        let m = mount(&server, &["--metadata-ttl", "600"]);
+        let src = tempfile::tempdir().unwrap();
+        let f = write_local(src.path(), "a.bin", b"second");
+        // Known to exist: refused at open, before any data.
+        let out = sh(&format!("cp {} {}/", f.display(), m.path("alice/dup/1.0").display()));
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("File exists"), "{out:?}");
+        assert_eq!(remote(&server, "alice", "dup", "1.0", "a.bin").unwrap(), b"first");
+
+        // Published by someone else after our listing: refused at close.
+        let _ = std::fs::read_dir(m.path("alice/dup/1.0")).unwrap().count();
+        let other = if legacy { "b.bin" } else { "late.bin" };
+        if !legacy {
+            server.put("alice", "dup", "1.0", other, b"theirs");
+        }
+        let g = write_local(src.path(), other, b"ours");
+        let out = sh(&format!("cp {} {}/", g.display(), m.path("alice/dup/1.0").display()));
+        assert!(!out.status.success(), "legacy={legacy}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("File exists"), "legacy={legacy}: {out:?}");
+        if !legacy {
+            assert_eq!(remote(&server, "alice", "dup", "1.0", other).unwrap(), b"theirs");
+        } else {
+            assert!(remote(&server, "alice", "dup", "1.0", other).is_none());
+        }
+        assert!(std::fs::read_dir(m.cache.join("spool")).unwrap().next().is_none(), "spool left behind");
+    }
+}
+
+#[test]
+fn invalid_names_are_einval_and_send_nothing() {
+    let server = TestServer::start(&["--test-hooks"]);
+    let m = mount(&server, &[]);
+    std::fs::create_dir_all(m.path("alice/ok/1.0")).unwrap();
+    server.reset();
+    let err = std::fs::write(m.path("alice/ok/1.0/bad?name"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    let err = std::fs::write(m.path("alice/ok/1.0/ trailing"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    let err = std::fs::create_dir(m.path("alice/bad name")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    let err = std::fs::create_dir(m.path("alice/ok/ 1.0")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    assert_eq!(server.stats()["file_put"].as_u64(), Some(0));
+}
+
+#[test]
+fn failed_upload_fails_close_and_mv_keeps_the_source() {
+    let server = TestServer::start(&["--test-hooks"]);
+    let m = mount(&server, &[]);
+    std::fs::create_dir_all(m.path("alice/fail/1.0")).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let f = write_local(src.path(), "x.bin", &data(100_000, 4));
+    server.fault(serde_json::json!({"kind": "status", "status": 500, "count": 1, "method": "PUT"}));
+    let out = sh(&format!("mv {} {}/", f.display(), m.path("alice/fail/1.0").display()));
+    assert!(!out.status.success(), "mv succeeded although the PUT failed");
+    assert!(f.exists(), "mv lost its source");
+    assert!(remote(&server, "alice", "fail", "1.0", "x.bin").is_none());
+    assert!(std::fs::metadata(m.path("alice/fail/1.0/x.bin")).is_err());
+    assert!(std::fs::read_dir(m.cache.join("spool")).unwrap().next().is_none());
+    // The next attempt works.
+    ok(&sh(&format!("mv {} {}/", f.display(), m.path("alice/fail/1.0").display())));
+    assert_eq!(remote(&server, "alice", "fail", "1.0", "x.bin").unwrap(), data(100_000, 4));
+}
+
+#[test]
+fn read_only_mount_refuses_every_write_with_erofs() {
+    let server = TestServer::start(&[]);
+    server.put("alice", "ro", "1.0", "f", b"x");
+    let m = mount(&server, &["--read-only"]);
+    let meta = std::fs::metadata(m.path("alice/ro/1.0/f")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&meta) & 0o777, 0o444);
+    let e = std::fs::write(m.path("alice/ro/1.0/g"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    let e = std::fs::create_dir(m.path("alice/ro/2.0")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    let e = std::fs::remove_file(m.path("alice/ro/1.0/f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+}
+
+#[test]
+fn rm_rmdir_and_rm_r() {
+    let server = TestServer::start(&[]);
+    server.put("alice", "del", "1.0", "a", b"a");
+    server.put("alice", "del", "1.0", "b", b"b");
+    server.put("alice", "del", "2.0", "c", b"c");
+    server.put("alice", "del", "3.0", "d", b"d");
+    let m = mount(&server, &[]);
+    // rmdir of a version with files
+    let e = std::fs::remove_dir(m.path("alice/del/1.0")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+    // rm of one file, then of the last one: the version disappears.
+    std::fs::remove_file(m.path("alice/del/1.0/a")).unwrap();
+    assert!(remote(&server, "alice", "del", "1.0", "a").is_none());
+    assert_eq!(remote(&server, "alice", "del", "1.0", "b").unwrap(), b"b");
+    std::fs::remove_file(m.path("alice/del/1.0/b")).unwrap();
+    assert!(std::fs::metadata(m.path("alice/del/1.0")).is_err());
+    // rm -r of a version, then of the whole package.
+    ok(&sh(&format!("rm -r {}", m.path("alice/del/2.0").display())));
+    assert!(remote(&server, "alice", "del", "2.0", "c").is_none());
+    ok(&sh(&format!("rm -r {}", m.path("alice/del").display())));
+    assert!(remote(&server, "alice", "del", "3.0", "d").is_none());
+    // Placeholders: mkdir, rmdir.
+    std::fs::create_dir_all(m.path("alice/new/0.1")).unwrap();
+    std::fs::remove_dir(m.path("alice/new/0.1")).unwrap();
+    std::fs::remove_dir(m.path("alice/new")).unwrap();
+    assert!(std::fs::metadata(m.path("alice/new")).is_err());
+    // Renaming a published file is refused.
+    server.put("alice", "keep", "1.0", "k", b"k");
+    let e = std::fs::rename(m.path("alice/keep/1.0/k"), m.path("alice/keep/1.0/k2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+}
+
+#[test]
+fn spooled_writes_support_offsets_truncate_and_reread_before_close() {
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    std::fs::create_dir_all(m.path("alice/sp/1.0")).unwrap();
+    let p = m.path("alice/sp/1.0/f.bin");
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p).unwrap();
+    use std::io::{Read, Seek, SeekFrom};
+    f.write_all(b"hello world").unwrap();
+    f.seek(SeekFrom::Start(6)).unwrap();
+    f.write_all(b"WORLD!!").unwrap();
+    f.set_len(12).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hello WORLD!");
+    drop(f);
+    assert_eq!(remote(&server, "alice", "sp", "1.0", "f.bin").unwrap(), b"hello WORLD!");
+    // A descriptor that stays open after the upload cannot write more.
+    let p2 = m.path("alice/sp/1.0/g.bin");
+    let mut a = std::fs::File::create_new(&p2).unwrap();
+    a.write_all(b"one").unwrap();
+    let b = a.try_clone().unwrap(); // dup
+    drop(a); // close() publishes
+    let mut b = b;
+    assert!(b.write_all(b"two").is_err());
+    drop(b);
+    assert_eq!(remote(&server, "alice", "sp", "1.0", "g.bin").unwrap(), b"one");
+}
+
+#[test]
+fn large_upload_keeps_daemon_memory_flat() {
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    std::fs::create_dir_all(m.path("alice/big/1.0")).unwrap();
+    let size: u64 = 1024 * 1024 * 1024;
+    let out = sh(&format!(
+        "head -c {size} /dev/zero | dd of={}/zero.bin bs=1M iflag=fullblock status=none",
+        m.path("alice/big/1.0").display()
+    ));
+    ok(&out);
+    let files = server.files("alice", "big", "1.0");
+    assert_eq!(files[0]["size"].as_u64(), Some(size));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", m.pid())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(hwm_kib < 64 * 1024, "daemon peak RSS {hwm_kib} KiB");
+}
