@@ -30,7 +30,10 @@ pub fn file_url(base: &Url, owner: &str, name: &str, version: &str, file: &str) 
 
 /// `/api/packages/{owner}/generic/{name}/{version}`: DELETE of a version.
 pub fn version_url(base: &Url, owner: &str, name: &str, version: &str) -> Url {
-    with_segments(base, &["api", "packages", owner, PACKAGE_TYPE, name, version])
+    with_segments(
+        base,
+        &["api", "packages", owner, PACKAGE_TYPE, name, version],
+    )
 }
 
 /// `/api/v1/packages/{owner}`: list packages (one entry per version).
@@ -47,7 +50,16 @@ pub fn v1_versions_url(base: &Url, owner: &str, name: &str) -> Url {
 pub fn v1_files_url(base: &Url, owner: &str, name: &str, version: &str) -> Url {
     with_segments(
         base,
-        &["api", "v1", "packages", owner, PACKAGE_TYPE, name, version, "files"],
+        &[
+            "api",
+            "v1",
+            "packages",
+            owner,
+            PACKAGE_TYPE,
+            name,
+            version,
+            "files",
+        ],
     )
 }
 

@@ -36,10 +36,7 @@ pub fn validate_package_name(name: &str) -> Result<(), Invalid> {
 /// Filename: `\A[-_+=:;.()\[\]{}~!@#$%^& \w]+\z`, no surrounding whitespace,
 /// not `.` or `..`.
 pub fn validate_filename(name: &str) -> Result<(), Invalid> {
-    let ok = FILENAME_RE.is_match(name)
-        && name.trim() == name
-        && name != "."
-        && name != "..";
+    let ok = FILENAME_RE.is_match(name) && name.trim() == name && name != "." && name != "..";
     ok.then_some(()).ok_or(Invalid::Filename)
 }
 
@@ -69,13 +66,24 @@ mod tests {
             assert_eq!(validate_package_name(ok), Ok(()), "{ok}");
         }
         for bad in ["", "_", ".", "..", "a/b", "a b", "ä", "a%b"] {
-            assert_eq!(validate_package_name(bad), Err(Invalid::PackageName), "{bad}");
+            assert_eq!(
+                validate_package_name(bad),
+                Err(Invalid::PackageName),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn filenames() {
-        for ok in ["f.bin", "a b", "x#y%z&w", "[1]{2}(3)~!@$^=:;", "..a", ".hidden"] {
+        for ok in [
+            "f.bin",
+            "a b",
+            "x#y%z&w",
+            "[1]{2}(3)~!@$^=:;",
+            "..a",
+            ".hidden",
+        ] {
             assert_eq!(validate_filename(ok), Ok(()), "{ok}");
         }
         for bad in ["", ".", "..", " a", "a ", "a/b", "a\nb", "é", "a?b"] {
