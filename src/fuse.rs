@@ -15,7 +15,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{errno_name, Attr, Fs, FsError};
+use crate::fs::{errno_name, Attr, Fs, FsError, FsResult};
 
 /// Largest read and write the kernel is asked to send in one request.
 const MAX_IO: u32 = 1024 * 1024;
@@ -74,6 +74,14 @@ fn errno(op: &str, e: &FsError) -> Errno {
         tracing::warn!(op, errno = errno_name(e.errno), error = %e.message, "operation failed");
     }
     Errno::from_i32(e.errno)
+}
+
+/// Replies to an operation that returns nothing.
+fn reply_empty(reply: ReplyEmpty, op: &str, r: FsResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, &e)),
+    }
 }
 
 fn name_str(name: &OsStr) -> Option<String> {
@@ -203,11 +211,11 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if !self.fs.is_write_handle(fh.0) {
+            return reply.ok();
+        }
         self.spawn(move |fs| async move {
-            match fs.flush(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("close", &e)),
-            }
+            reply_empty(reply, "close", fs.flush(fh.0).await);
         });
     }
 
@@ -326,10 +334,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENOENT);
         };
         self.spawn(move |fs| async move {
-            match fs.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rmdir", &e)),
-            }
+            reply_empty(reply, "rmdir", fs.rmdir(parent.0, &name).await);
         });
     }
 
@@ -338,10 +343,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENOENT);
         };
         self.spawn(move |fs| async move {
-            match fs.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("unlink", &e)),
-            }
+            reply_empty(reply, "unlink", fs.unlink(parent.0, &name).await);
         });
     }
 
@@ -359,10 +361,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         };
         self.spawn(move |fs| async move {
-            match fs.rename(parent.0, &name, newparent.0, &newname).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rename", &e)),
-            }
+            reply_empty(reply, "rename", fs.rename(parent.0, &name, newparent.0, &newname).await);
         });
     }
 

@@ -166,7 +166,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     let token = read_token(&args)?;
     if args.foreground {
         init_logging(&args, None)?;
-        return serve_mount(args, url, mountpoint, token, None);
+        return serve_mount(args, url, mountpoint, token, &mut None);
     }
     // Fork before any thread exists; the parent only waits for the verdict.
     let mut fds = [0; 2];
@@ -188,15 +188,19 @@ pub fn run(args: MountArgs) -> Result<()> {
                 .log_file
                 .clone()
                 .unwrap_or_else(|| cache_dir.join("pkgfs.log"));
-            let mut wr = std::fs::File::from(wr);
+            let mut wr = Some(std::fs::File::from(wr));
             if let Err(e) = init_logging(&args, Some(&log)) {
-                let _ = writeln!(wr, "cannot open log file {}: {e:#}", log.display());
+                if let Some(w) = wr.as_mut() {
+                    let _ = writeln!(w, "cannot open log file {}: {e:#}", log.display());
+                }
                 std::process::exit(1);
             }
-            let result = serve_mount(args, url, mountpoint, token, Some(&mut wr));
+            let result = serve_mount(args, url, mountpoint, token, &mut wr);
             if let Err(e) = &result {
-                let _ = writeln!(wr, "{e:#}");
                 tracing::error!("{e:#}");
+                if let Some(w) = wr.as_mut() {
+                    let _ = writeln!(w, "{e:#}");
+                }
                 std::process::exit(1);
             }
             std::process::exit(0);
@@ -248,13 +252,14 @@ fn init_logging(args: &MountArgs, daemon_log: Option<&Path>) -> Result<()> {
 }
 
 /// Checks the registry and the token, mounts, reports readiness on
-/// `ready`, and serves until unmounted or signalled.
+/// `ready` (then closes it, so the waiting parent sees EOF), and serves
+/// until unmounted or signalled.
 fn serve_mount(
     args: MountArgs,
     url: Url,
     mountpoint: PathBuf,
     token: Option<String>,
-    ready: Option<&mut std::fs::File>,
+    ready: &mut Option<std::fs::File>,
 ) -> Result<()> {
     if args.insecure {
         tracing::warn!("--insecure: TLS certificates are NOT verified");
@@ -309,48 +314,47 @@ fn serve_mount(
     }
     let session = fuser::Session::new(FuseFs::new(fs, rt.handle().clone()), &mountpoint, &config)
         .map_err(|e| anyhow!("cannot mount on {}: {e}", mountpoint.display()))?;
-    let mut unmounter = {
-        let mut s = session;
-        let u = s.unmount_callable();
-        (s.spawn()?, u)
-    };
+    let bg = session.spawn()?;
     tracing::info!(url = %url, mountpoint = %mountpoint.display(), "mounted");
-    if let Some(w) = ready {
+    if let Some(mut w) = ready.take() {
         let _ = writeln!(w, "ready");
+        drop(w);
         redirect_stdio();
     }
-    let (bg, ref mut um) = unmounter;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let r = bg.join();
-        let _ = done_tx.send(r);
-    });
-    rt.block_on(async {
+    // Until a signal arrives or the session ends (`fusermount3 -u`).
+    let signalled = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: unmounting"),
-            _ = int.recv() => tracing::info!("SIGINT: unmounting"),
-            _ = hup.recv() => tracing::info!("SIGHUP: unmounting"),
-            r = done_rx => {
-                tracing::info!("unmounted");
-                if let Ok(Err(e)) = r {
-                    tracing::warn!(error = %e, "FUSE session ended with an error");
-                }
-                return Ok::<(), anyhow::Error>(());
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<_, anyhow::Error>(Some("SIGTERM")),
+                _ = int.recv() => return Ok(Some("SIGINT")),
+                _ = hup.recv() => return Ok(Some("SIGHUP")),
+                _ = tick.tick() => if bg.guard.is_finished() { return Ok(None) },
             }
         }
-        if let Err(e) = um.unmount() {
-            tracing::warn!(error = %e, "unmount failed; trying a lazy unmount");
-            let _ = std::process::Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(&mountpoint)
-                .status();
-        }
-        Ok(())
     })?;
+    match signalled {
+        Some(sig) => {
+            tracing::info!("{sig}: unmounting");
+            if let Err(e) = bg.umount_and_join() {
+                tracing::warn!(error = %e, "unmount failed; trying a lazy unmount");
+                let _ = std::process::Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(&mountpoint)
+                    .status();
+            }
+        }
+        None => {
+            if let Err(e) = bg.join() {
+                tracing::warn!(error = %e, "FUSE session ended with an error");
+            }
+        }
+    }
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }

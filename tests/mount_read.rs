@@ -27,11 +27,11 @@ fn names(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn lists_every_level_with_sizes_and_modes() {
-    let server = TestServer::start(&["--test-hooks"]);
-    server.put("alice", "tool", "1.0.0", "a.bin", &data(1000, 1));
-    server.put("alice", "tool", "1.0.0", "b.txt", b"hello\n");
-    server.put("alice", "tool", "1.1.0", "a.bin", &data(10, 2));
-    server.put("alice", "other", "0.1", "x", b"x");
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "tool", "1.0.0", "a.bin", &data(1000, 1));
+    server.put_ok("alice", "tool", "1.0.0", "b.txt", b"hello\n");
+    server.put_ok("alice", "tool", "1.1.0", "a.bin", &data(10, 2));
+    server.put_ok("alice", "other", "0.1", "x", b"x");
     let m = mount(&server, &[]);
     assert_eq!(names(m.dir.path()), vec!["alice"]);
     assert_eq!(names(&m.path("alice")), vec!["other", "tool"]);
@@ -61,9 +61,21 @@ fn lists_every_level_with_sizes_and_modes() {
 
 #[test]
 fn other_owners_are_reachable_by_path_and_owner_option_lists_them() {
-    let server = TestServer::start(&["--config-users", "bob"]);
     // bob is a second public user; alice's token can read bob's packages.
-    server.put_as("bob", "bob", "lib", "2.0", "lib.so", b"ELF");
+    let server = TestServer::start_with_config(
+        r#"
+[[users]]
+name = "alice"
+  [[users.tokens]]
+  value_env = "PKGFS_SERVE_TOKEN"
+[[users]]
+name = "bob"
+  [[users.tokens]]
+  value = "bob-token"
+"#,
+        &[],
+    );
+    server.put_with_token("bob-token", "bob", "lib", "2.0", "lib.so", b"ELF");
     let m = mount(&server, &[]);
     assert_eq!(names(m.dir.path()), vec!["alice"]);
     assert_eq!(std::fs::read(m.path("bob/lib/2.0/lib.so")).unwrap(), b"ELF");
@@ -76,9 +88,9 @@ fn other_owners_are_reachable_by_path_and_owner_option_lists_them() {
 fn paginates_121_versions_and_matches_names_case_insensitively() {
     let server = TestServer::start(&[]);
     for i in 0..121 {
-        server.put("alice", "many", &format!("1.0.{i}"), "f", b"v");
+        server.put_ok("alice", "many", &format!("1.0.{i}"), "f", b"v");
     }
-    server.put("alice", "MyPkg", "V1", "File.BIN", b"case");
+    server.put_ok("alice", "MyPkg", "V1", "File.BIN", b"case");
     let m = mount(&server, &[]);
     assert_eq!(names(&m.path("alice/many")).len(), 121);
     assert_eq!(names(&m.path("alice")), vec!["MyPkg", "many"]);
@@ -92,7 +104,7 @@ fn reads_are_byte_exact_for_all_sizes() {
     let server = TestServer::start(&[]);
     let sizes = [0usize, 1, 1024 * 1024 + 1, 200 * 1024 * 1024];
     for (i, &n) in sizes.iter().enumerate() {
-        server.put("alice", "sizes", "1", &format!("f{i}"), &data(n, i as u64));
+        server.put_ok("alice", "sizes", "1", &format!("f{i}"), &data(n, i as u64));
     }
     let m = mount(&server, &[]);
     for (i, &n) in sizes.iter().enumerate() {
@@ -106,9 +118,9 @@ fn reads_are_byte_exact_for_all_sizes() {
 
 #[test]
 fn random_offset_reads_match_the_source() {
-    let server = TestServer::start(&["--test-hooks"]);
+    let server = TestServer::start(&[]);
     let src = data(64 * 1024 * 1024 + 123, 7);
-    server.put("alice", "rand", "1", "big", &src);
+    server.put_ok("alice", "rand", "1", "big", &src);
     let m = mount(&server, &[]);
     let mut f = std::fs::File::open(m.path("alice/rand/1/big")).unwrap();
     let mut rng = 12345u64;
@@ -130,42 +142,42 @@ fn random_offset_reads_match_the_source() {
         assert_eq!(&buf[..got], &src[off as usize..end], "offset {off}");
     }
     // Random access did not download the whole file.
-    let sent = server.stats()["bytes_sent"].as_u64().unwrap();
+    let sent = server.stats_now()["bytes_sent"].as_u64().unwrap();
     assert!(sent < src.len() as u64, "server sent {sent} bytes for random reads");
 }
 
 #[test]
 fn tail_of_a_large_file_does_not_wait_for_the_whole_file() {
-    let server = TestServer::start(&["--test-hooks"]);
+    let server = TestServer::start(&[]);
     let src = data(100 * 1024 * 1024, 3);
-    server.put("alice", "tail", "1", "big", &src);
+    server.put_ok("alice", "tail", "1", "big", &src);
     let m = mount(&server, &[]);
     let out = Command::new("tail").arg("-c").arg("1000").arg(m.path("alice/tail/1/big")).output().unwrap();
     assert_eq!(out.stdout, &src[src.len() - 1000..]);
-    let sent = server.stats()["bytes_sent"].as_u64().unwrap();
+    let sent = server.stats_now()["bytes_sent"].as_u64().unwrap();
     assert!(sent < 16 * 1024 * 1024, "tail made the server send {sent} bytes");
 }
 
 #[test]
 fn cached_file_is_served_without_requests_also_after_remount() {
-    let server = TestServer::start(&["--test-hooks"]);
+    let server = TestServer::start(&[]);
     let src = data(3 * 1024 * 1024, 9);
-    server.put("alice", "c", "1", "f", &src);
+    server.put_ok("alice", "c", "1", "f", &src);
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().join("c");
     {
         let m = Mount::start_with_cache(&server.url, Some(&server.token), &[], &cache_dir);
         assert_eq!(std::fs::read(m.path("alice/c/1/f")).unwrap(), src);
-        server.reset();
+        server.reset_now();
         assert_eq!(std::fs::read(m.path("alice/c/1/f")).unwrap(), src);
-        assert_eq!(server.stats()["file_get"].as_u64(), Some(0), "second read made GETs");
+        assert_eq!(server.stats_now()["file_get"].as_u64(), Some(0), "second read made GETs");
     }
     let m = Mount::start_with_cache(&server.url, Some(&server.token), &[], &cache_dir);
     // Listing costs requests; reading the cached file does not.
     let _ = std::fs::metadata(m.path("alice/c/1/f")).unwrap();
-    server.reset();
+    server.reset_now();
     assert_eq!(std::fs::read(m.path("alice/c/1/f")).unwrap(), src);
-    assert_eq!(server.stats()["file_get"].as_u64(), Some(0), "read after remount made GETs");
+    assert_eq!(server.stats_now()["file_get"].as_u64(), Some(0), "read after remount made GETs");
     let meta = std::fs::metadata(&cache_dir).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o700);
 }
@@ -185,7 +197,7 @@ fn cache_stays_within_its_bound() {
     let server = TestServer::start(&[]);
     let each = 4 * 1024 * 1024;
     for i in 0..6 {
-        server.put("alice", "b", "1", &format!("f{i}"), &data(each, 100 + i));
+        server.put_ok("alice", "b", "1", &format!("f{i}"), &data(each, 100 + i));
     }
     let m = mount(&server, &["--cache-size", "8MiB"]);
     for i in 0..6 {
@@ -200,9 +212,9 @@ fn cache_stays_within_its_bound() {
 
 #[test]
 fn corrupted_blob_on_the_server_gives_eio() {
-    let server = TestServer::start(&["--test-hooks"]);
+    let server = TestServer::start(&[]);
     let src = data(2 * 1024 * 1024, 5);
-    server.put("alice", "bad", "1", "f", &src);
+    server.put_ok("alice", "bad", "1", "f", &src);
     server.corrupt_blob(&sha256_hex(&src));
     let m = mount(&server, &[]);
     let err = std::fs::read(m.path("alice/bad/1/f")).unwrap_err();
@@ -213,12 +225,12 @@ fn corrupted_blob_on_the_server_gives_eio() {
 
 #[test]
 fn concurrent_readers_share_one_download() {
-    let server = TestServer::start(&["--test-hooks"]);
+    let server = TestServer::start(&[]);
     let src = data(32 * 1024 * 1024, 11);
-    server.put("alice", "share", "1", "f", &src);
+    server.put_ok("alice", "share", "1", "f", &src);
     let m = mount(&server, &[]);
     let _ = std::fs::metadata(m.path("alice/share/1/f")).unwrap();
-    server.reset();
+    server.reset_now();
     let want = sha256_hex(&src);
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -229,19 +241,19 @@ fn concurrent_readers_share_one_download() {
     for t in threads {
         assert_eq!(t.join().unwrap(), want);
     }
-    let sent = server.stats()["bytes_sent"].as_u64().unwrap();
+    let sent = server.stats_now()["bytes_sent"].as_u64().unwrap();
     assert!(sent <= src.len() as u64 * 11 / 10, "8 readers made the server send {sent} bytes");
 }
 
 #[test]
 fn follows_serve_direct_redirects_without_leaking_the_token() {
-    let server = TestServer::start(&["--serve-direct", "--test-hooks"]);
+    let server = TestServer::start(&["--serve-direct"]);
     let src = data(5 * 1024 * 1024 + 7, 13);
-    server.put("alice", "direct", "1", "f", &src);
+    server.put_ok("alice", "direct", "1", "f", &src);
+    server.put_ok("alice", "direct", "1", "g", &src);
     let m = mount(&server, &[]);
     assert_eq!(sha256_hex(&std::fs::read(m.path("alice/direct/1/f")).unwrap()), sha256_hex(&src));
     // Ranged read through the redirect (a fresh file, so nothing is cached).
-    server.put("alice", "direct", "1", "g", &src);
     let mut f = std::fs::File::open(m.path("alice/direct/1/g")).unwrap();
     f.seek(SeekFrom::Start(4 * 1024 * 1024)).unwrap();
     let mut buf = vec![0u8; 1000];
@@ -294,7 +306,7 @@ fn rejected_token_and_bad_mountpoints_fail_mount_with_a_clear_message() {
 #[test]
 fn anonymous_mount_of_a_public_owner() {
     let server = TestServer::start(&["--v1-anonymous-read"]);
-    server.put("alice", "pub", "1", "f", b"public bytes");
+    server.put_ok("alice", "pub", "1", "f", b"public bytes");
     let m = Mount::start(&server.url, None, &["--owner", "alice"]);
     assert_eq!(names(m.dir.path()), vec!["alice"]);
     assert_eq!(std::fs::read(m.path("alice/pub/1/f")).unwrap(), b"public bytes");
@@ -303,7 +315,7 @@ fn anonymous_mount_of_a_public_owner() {
 #[test]
 fn dead_registry_gives_eio_within_the_timeout_and_recovers() {
     let mut server = TestServer::start(&[]);
-    server.put("alice", "dead", "1", "f", &data(1000, 1));
+    server.put_ok("alice", "dead", "1", "f", &data(1000, 1));
     let m = mount(&server, &["--timeout", "3", "--metadata-ttl", "1"]);
     assert_eq!(names(&m.path("alice/dead")), vec!["1"]);
     server.stop();
@@ -328,6 +340,6 @@ fn sigterm_unmounts_cleanly() {
     while common::mount::is_mounted(m.dir.path()) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!common::mount::is_mounted(m.dir.path()));
+    assert!(!common::mount::is_mounted(m.dir.path()), "{}", m.log_text());
     m.unmount();
 }

@@ -35,7 +35,7 @@ fn ok(out: &Output) {
 
 /// The registry's bytes of a file (through HTTP, not the mount).
 fn remote(server: &TestServer, owner: &str, pkg: &str, ver: &str, file: &str) -> Option<Vec<u8>> {
-    server.get(owner, pkg, ver, file)
+    server.get_opt(owner, pkg, ver, file)
 }
 
 fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -133,7 +133,7 @@ fn existing_files_give_eexist_at_open_and_at_close() {
     for legacy in [false, true] {
         let args: &[&str] = if legacy { &["--legacy-duplicates"] } else { &[] };
         let server = TestServer::start(args);
-        server.put("alice", "dup", "1.0", "a.bin", b"first");
+        server.put_ok("alice", "dup", "1.0", "a.bin", b"first");
         let m = mount(&server, &["--metadata-ttl", "600"]);
         let src = tempfile::tempdir().unwrap();
         let f = write_local(src.path(), "a.bin", b"second");
@@ -147,7 +147,7 @@ fn existing_files_give_eexist_at_open_and_at_close() {
         let _ = std::fs::read_dir(m.path("alice/dup/1.0")).unwrap().count();
         let other = if legacy { "b.bin" } else { "late.bin" };
         if !legacy {
-            server.put("alice", "dup", "1.0", other, b"theirs");
+            server.put_ok("alice", "dup", "1.0", other, b"theirs");
         }
         let g = write_local(src.path(), other, b"ours");
         let out = sh(&format!("cp {} {}/", g.display(), m.path("alice/dup/1.0").display()));
@@ -164,10 +164,10 @@ fn existing_files_give_eexist_at_open_and_at_close() {
 
 #[test]
 fn invalid_names_are_einval_and_send_nothing() {
-    let server = TestServer::start(&["--test-hooks"]);
+    let server = TestServer::start(&[]);
     let m = mount(&server, &[]);
     std::fs::create_dir_all(m.path("alice/ok/1.0")).unwrap();
-    server.reset();
+    server.reset_now();
     let err = std::fs::write(m.path("alice/ok/1.0/bad?name"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     let err = std::fs::write(m.path("alice/ok/1.0/ trailing"), b"x").unwrap_err();
@@ -176,17 +176,17 @@ fn invalid_names_are_einval_and_send_nothing() {
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     let err = std::fs::create_dir(m.path("alice/ok/ 1.0")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
-    assert_eq!(server.stats()["file_put"].as_u64(), Some(0));
+    assert_eq!(server.stats_now()["file_put"].as_u64(), Some(0));
 }
 
 #[test]
 fn failed_upload_fails_close_and_mv_keeps_the_source() {
-    let server = TestServer::start(&["--test-hooks"]);
+    let server = TestServer::start(&[]);
     let m = mount(&server, &[]);
     std::fs::create_dir_all(m.path("alice/fail/1.0")).unwrap();
     let src = tempfile::tempdir().unwrap();
     let f = write_local(src.path(), "x.bin", &data(100_000, 4));
-    server.fault(serde_json::json!({"kind": "status", "status": 500, "count": 1, "method": "PUT"}));
+    server.fault_now(serde_json::json!({"kind": "status", "status": 500, "count": 1, "method": "PUT"}));
     let out = sh(&format!("mv {} {}/", f.display(), m.path("alice/fail/1.0").display()));
     assert!(!out.status.success(), "mv succeeded although the PUT failed");
     assert!(f.exists(), "mv lost its source");
@@ -201,7 +201,7 @@ fn failed_upload_fails_close_and_mv_keeps_the_source() {
 #[test]
 fn read_only_mount_refuses_every_write_with_erofs() {
     let server = TestServer::start(&[]);
-    server.put("alice", "ro", "1.0", "f", b"x");
+    server.put_ok("alice", "ro", "1.0", "f", b"x");
     let m = mount(&server, &["--read-only"]);
     let meta = std::fs::metadata(m.path("alice/ro/1.0/f")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::mode(&meta) & 0o777, 0o444);
@@ -216,10 +216,10 @@ fn read_only_mount_refuses_every_write_with_erofs() {
 #[test]
 fn rm_rmdir_and_rm_r() {
     let server = TestServer::start(&[]);
-    server.put("alice", "del", "1.0", "a", b"a");
-    server.put("alice", "del", "1.0", "b", b"b");
-    server.put("alice", "del", "2.0", "c", b"c");
-    server.put("alice", "del", "3.0", "d", b"d");
+    server.put_ok("alice", "del", "1.0", "a", b"a");
+    server.put_ok("alice", "del", "1.0", "b", b"b");
+    server.put_ok("alice", "del", "2.0", "c", b"c");
+    server.put_ok("alice", "del", "3.0", "d", b"d");
     let m = mount(&server, &[]);
     // rmdir of a version with files
     let e = std::fs::remove_dir(m.path("alice/del/1.0")).unwrap_err();
@@ -241,7 +241,7 @@ fn rm_rmdir_and_rm_r() {
     std::fs::remove_dir(m.path("alice/new")).unwrap();
     assert!(std::fs::metadata(m.path("alice/new")).is_err());
     // Renaming a published file is refused.
-    server.put("alice", "keep", "1.0", "k", b"k");
+    server.put_ok("alice", "keep", "1.0", "k", b"k");
     let e = std::fs::rename(m.path("alice/keep/1.0/k"), m.path("alice/keep/1.0/k2")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EPERM));
 }

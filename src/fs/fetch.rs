@@ -24,8 +24,14 @@ use super::error::{FsError, FsResult};
 use crate::cache::{Cache, Reservation};
 use crate::registry::{self, Client, FileRef};
 
-/// First window of a new stream; it doubles with each sequential read.
-const INITIAL_WINDOW: u64 = 256 * 1024;
+/// First read-ahead window of a stream that starts at offset 0 (most
+/// likely a sequential reader) and of one that starts elsewhere (random
+/// access: keep what the server sends small). It doubles with each
+/// sequential read, up to the prefetch budget.
+const FIRST_WINDOW: u64 = 1024 * 1024;
+const RANDOM_WINDOW: u64 = 128 * 1024;
+/// Smallest ranged request.
+const MIN_REQUEST: u64 = 64 * 1024;
 /// A stream idle (paused at its demand) this long closes its connection.
 const IDLE: Duration = Duration::from_secs(5);
 /// At most this many streams per file; beyond, an idle one is cancelled.
@@ -120,7 +126,7 @@ impl Fetch {
             sha256,
             path,
             file,
-            prefetch_max: prefetch_max.max(INITIAL_WINDOW),
+            prefetch_max: prefetch_max.max(FIRST_WINDOW),
             state: Mutex::new(State {
                 present: RangeSet::new(),
                 streams: Vec::new(),
@@ -271,11 +277,7 @@ impl Fetch {
         }
         let id = st.next_id;
         st.next_id += 1;
-        let window = if m == 0 {
-            INITIAL_WINDOW * 4
-        } else {
-            INITIAL_WINDOW
-        };
+        let window = if m == 0 { FIRST_WINDOW } else { RANDOM_WINDOW };
         st.streams.push(Stream {
             id,
             start: m,
@@ -322,8 +324,8 @@ impl Fetch {
             let dl = match body.as_mut() {
                 Some(dl) => dl,
                 None => {
-                    // Ask for what is wanted now plus a window, so random
-                    // reads do not make the server send the whole file.
+                    // Ask for what readers want now (their window included),
+                    // so random reads do not make the server send the file.
                     let want_end = {
                         let st = self.lock();
                         let next_present = st
@@ -332,12 +334,7 @@ impl Fetch {
                             .map(|r| r.start)
                             .find(|&s| s > pos)
                             .unwrap_or(self.size);
-                        let w = st
-                            .streams
-                            .iter()
-                            .find(|s| s.id == id)
-                            .map_or(0, |s| s.window);
-                        (demand + w).max(pos + INITIAL_WINDOW).min(next_present)
+                        demand.max(pos + MIN_REQUEST).min(next_present)
                     };
                     match self.client.download(&self.fref, pos, want_end).await {
                         Ok(dl) => body.insert(dl),

@@ -508,6 +508,11 @@ impl Fs {
         Ok(f)
     }
 
+    /// Whether `fh` is a file being written (only those do work at close).
+    pub fn is_write_handle(&self, fh: u64) -> bool {
+        matches!(self.handle(fh).as_deref(), Ok(Handle::Write(_)))
+    }
+
     /// A read on a local handle (cache or empty file), if it is one:
     /// fast enough to run on the calling thread.
     pub fn read_local(&self, fh: u64, offset: u64, size: u32) -> Option<FsResult<Vec<u8>>> {

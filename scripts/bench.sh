@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Benchmarks of pkgfs against curl (and rclone, where it can be installed)
+# on the same loopback `pkgfs serve`. Prints one table of medians with the
+# ratio pkgfs/reference measured in the same run.
+#   scripts/bench.sh           full run (1 GiB file, 5 runs per case)
+#   scripts/bench.sh --quick   small run (64 MiB, 3 runs), under a minute
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0; [ "${1:-}" = "--quick" ] && quick=1
+if [ $quick = 1 ]; then size_mb=64; runs=3; nfiles=200; nversions=300
+else size_mb=1024; runs=5; nfiles=1000; nversions=2000; fi
+
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+need=()
+for t in fio:fio curl:curl fusermount3:fuse3; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null || true
+fi
+if ! command -v rclone >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rclone >/dev/null 2>&1 || true
+fi
+
+cargo build --release --quiet
+bin=$PWD/target/release/pkgfs
+work=$(mktemp -d /tmp/pkgfs-bench.XXXXXX)
+mnt=$work/mnt; mkdir -p "$mnt"
+export PKGFS_SERVE_TOKEN="bench-$RANDOM$RANDOM"
+export PKGFS_TOKEN=$PKGFS_SERVE_TOKEN
+server_pid=""; mount_pid=""; rclone_pids=()
+
+cleanup() {
+  set +e
+  for m in "$mnt" "$work/rmnt"; do
+    grep -qs " $m fuse" /proc/mounts && { fusermount3 -u "$m" || fusermount3 -uz "$m"; }
+  done
+  [ -n "$mount_pid" ] && kill "$mount_pid" 2>/dev/null
+  for p in "${rclone_pids[@]}"; do kill "$p" 2>/dev/null; done
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+"$bin" serve --listen 127.0.0.1:0 --data "$work/data" --test-hooks >"$work/serve.out" 2>"$work/serve.log" &
+server_pid=$!
+url=""
+for _ in $(seq 100); do url=$(sed -n 's/^listening on //p' "$work/serve.out"); [ -n "$url" ] && break; sleep 0.1; done
+[ -n "$url" ] || { cat "$work/serve.log"; exit 1; }
+url=${url%/}/
+api=${url}api/packages/alice/generic
+stats() { curl -fsS "${url}_pkgfs/test/stats"; }
+stat_of() { stats | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+reset() { curl -fsS -X POST "${url}_pkgfs/test/reset" >/dev/null; }
+put() { curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" --upload-file "$2" "$api/$1" >/dev/null; }
+
+echo "generating data: ${size_mb} MiB file, $nfiles files in a version, $nversions versions" >&2
+big=$work/big.bin
+head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$big"
+put bench/1/big.bin "$big"
+echo x >"$work/small"
+for i in $(seq $nfiles); do echo "$api/many/1/f$i"; done |
+  xargs -P 8 -I{} curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" --upload-file "$work/small" {} >/dev/null
+for i in $(seq $nversions); do echo "${url}api/packages/bob/generic/p$((i % 20))/v$i/f"; done |
+  xargs -P 8 -I{} curl -fsS --user "bob:$PKGFS_SERVE_TOKEN" --upload-file "$work/small" {} >/dev/null 2>&1 || true
+
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+do_mount() { # fresh cache unless $1 = keep
+  [ "${1:-}" = keep ] || rm -rf "$work/cache"
+  "$bin" mount "$url" "$mnt" --foreground --cache-dir "$work/cache" --owner bob "${@:2}" 2>>"$work/mount.log" &
+  mount_pid=$!
+  for _ in $(seq 200); do grep -qs " $mnt fuse" /proc/mounts && return 0; sleep 0.05; done
+  echo "mount failed"; cat "$work/mount.log"; exit 1
+}
+do_umount() {
+  fusermount3 -u "$mnt"; wait "$mount_pid" 2>/dev/null || true; mount_pid=""
+}
+hwm() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$mount_pid/status" 2>/dev/null || echo "?"; }
+drop_caches() { sync; echo 3 | $SUDO tee /proc/sys/vm/drop_caches >/dev/null 2>&1 || true; }
+
+rows=()
+row() { rows+=("$(printf '| %-44s | %12s | %12s | %7s | %s' "$1" "$2" "$3" "$4" "$5")"); }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
+# 1. cold sequential read vs curl
+p=(); c=(); r=()
+for _ in $(seq $runs); do
+  do_mount
+  t0=$(now); dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
+  p+=("$(python3 -c "print($t1-$t0)")"); r+=("$(hwm)")
+  do_umount
+  t0=$(now); curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" -o /dev/null "$api/bench/1/big.bin"; t1=$(now)
+  c+=("$(python3 -c "print($t1-$t0)")")
+done
+pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+row "cold sequential read ${size_mb} MiB (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$cm))")" "$(ratio "$cm" "$pm")" "curl; peak RSS $(printf '%s\n' "${r[@]}" | sort -n | tail -1) MiB"
+
+# 2. warm re-read vs a local file
+do_mount
+dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none
+p=(); c=()
+cp "$big" "$work/local.bin"; cat "$work/local.bin" >/dev/null
+for _ in $(seq $runs); do
+  t0=$(now); dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")")
+  t0=$(now); dd if="$work/local.bin" of=/dev/null bs=1M status=none; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")")
+done
+pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+row "warm re-read ${size_mb} MiB (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$cm))")" "$(ratio "$cm" "$pm")" "local file; peak RSS $(hwm) MiB"
+do_umount
+
+# 3. first byte: open + read 4 KiB vs curl time to first byte
+p=(); c=()
+for _ in $(seq $runs); do
+  do_mount
+  ls "$mnt/alice/bench/1" >/dev/null
+  t0=$(now); dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=4k count=1 status=none; t1=$(now)
+  p+=("$(python3 -c "print(($t1-$t0)*1000)")")
+  do_umount
+  c+=("$(curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" -o /dev/null -r 0-4095 -w '%{time_starttransfer}' "$api/bench/1/big.bin" | python3 -c "import sys; print(float(sys.stdin.read())*1000)")")
+done
+pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+row "first byte of ${size_mb} MiB file (ms)" "$(printf %.2f "$pm")" "$(printf %.2f "$cm")" "$(python3 -c "print(f'+{$pm-$cm:.2f}ms')")" "curl time_starttransfer"
+
+# 4. random 4 KiB reads with fio, cold and warm
+if command -v fio >/dev/null 2>&1; then
+  for jobs in 1 4; do
+    do_mount
+    reset
+    out=$(fio --name=r --filename="$mnt/alice/bench/1/big.bin" --rw=randread --bs=4k --size=${size_mb}M \
+      --numjobs=$jobs --time_based --runtime=5 --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
+    iops=$(echo "$out" | cut -d';' -f8)
+    sent=$(( $(stat_of bytes_sent) / 1024 / 1024 ))
+    row "fio randread 4k cold, $jobs job(s) (IOPS)" "$iops" "-" "-" "server sent ${sent} MiB; RSS $(hwm) MiB"
+    dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none
+    out=$(fio --name=r --filename="$mnt/alice/bench/1/big.bin" --rw=randread --bs=4k --size=${size_mb}M \
+      --numjobs=$jobs --time_based --runtime=5 --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
+    row "fio randread 4k warm, $jobs job(s) (IOPS)" "$(echo "$out" | cut -d';' -f8)" "-" "-" "RSS $(hwm) MiB"
+    do_umount
+  done
+fi
+
+# 5. listings: ls -l of a version with many files, ls -lR of an owner
+for what in "alice/many/1:ls -l of $nfiles files" "bob:ls -lR of $nversions versions"; do
+  path=${what%%:*}; label=${what#*:}
+  do_mount "" --metadata-ttl 600
+  reset
+  t0=$(now); ls -lR "$mnt/$path" >/dev/null; t1=$(now)
+  cold=$(python3 -c "print(round(($t1-$t0)*1000,1))"); creq=$(stat_of requests)
+  reset
+  t0=$(now); ls -lR "$mnt/$path" >/dev/null; t1=$(now)
+  warm=$(python3 -c "print(round(($t1-$t0)*1000,1))"); wreq=$(stat_of requests)
+  row "$label, cold / warm (ms)" "$cold / $warm" "-" "-" "requests: $creq cold, $wreq warm"
+  do_umount
+done
+
+# 6. cp of the big file into the mount vs curl --upload-file
+p=(); c=(); n=0
+do_mount
+for _ in $(seq $runs); do
+  n=$((n+1))
+  mkdir -p "$mnt/alice/up/$n"
+  t0=$(now); cp "$big" "$mnt/alice/up/$n/"; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")")
+  t0=$(now); put "upc/$n/big.bin" "$big"; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")")
+done
+pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+row "cp ${size_mb} MiB into the mount (s)" "$(printf %.2f "$pm")" "$(printf %.2f "$cm")" "$(ratio "$pm" "$cm")" "curl --upload-file; peak RSS $(hwm) MiB"
+do_umount
+
+# 7. rclone mount of `rclone serve http` with the same file, where available
+if command -v rclone >/dev/null 2>&1; then
+  mkdir -p "$work/rsrc/bench" "$work/rmnt"; ln "$big" "$work/rsrc/bench/big.bin"
+  rclone serve http "$work/rsrc" --addr 127.0.0.1:18765 >/dev/null 2>&1 & rclone_pids+=($!)
+  sleep 1
+  for mode in off full; do
+    p=()
+    for _ in $(seq $runs); do
+      rclone mount --http-url http://127.0.0.1:18765 :http: "$work/rmnt" --vfs-cache-mode $mode \
+        --cache-dir "$work/rcache" >/dev/null 2>&1 & rpid=$!
+      for _ in $(seq 100); do grep -qs " $work/rmnt fuse" /proc/mounts && break; sleep 0.05; done
+      t0=$(now); dd if="$work/rmnt/bench/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
+      p+=("$(python3 -c "print($t1-$t0)")")
+      fusermount3 -u "$work/rmnt"; wait $rpid 2>/dev/null || true; rm -rf "$work/rcache"
+    done
+    rm_=$(printf '%s\n' "${p[@]}" | median)
+    row "rclone mount cold read (vfs $mode) (MB/s)" "$(python3 -c "print(round($size_mb/$rm_))")" "-" "-" "for comparison with row 1"
+  done
+else
+  row "rclone" "-" "-" "-" "not installable here: skipped"
+fi
+
+echo
+echo "pkgfs benchmarks — $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), file ${size_mb} MiB, median of $runs"
+printf '| %-44s | %12s | %12s | %7s | %s\n' case pkgfs reference ratio notes
+printf '|%s|%s|%s|%s|%s\n' "$(printf -- '-%.0s' {1..46})" "--------------" "--------------" "---------" "------"
+printf '%s\n' "${rows[@]}"

@@ -1,0 +1,145 @@
+//! Receiving an upload body: streamed to a temp file under `DATA/tmp/`
+//! while MD5, SHA-1, SHA-256 and SHA-512 are computed, so memory stays flat
+//! whatever the size. The temp file deletes itself unless the store renames
+//! it into place. A `multipart/form-data` body is accepted and its first
+//! file part used, as Gitea does (§2); a form-encoded body is refused.
+
+use std::io::Write;
+use std::path::Path;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use sha2::Digest;
+use tempfile::{NamedTempFile, TempPath};
+
+use super::store::Blob;
+
+/// An upload written to disk, not yet stored.
+#[derive(Debug)]
+pub struct Uploaded {
+    pub file: TempPath,
+    pub blob: Blob,
+}
+
+/// Why an upload could not be received.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The body could not be parsed as a form (Gitea 500, Forgejo 400).
+    #[error("{0}")]
+    Form(String),
+    /// The body ended early or could not be read (the client is gone).
+    #[error("reading the request body: {0}")]
+    Body(String),
+    /// The server could not write the temp file.
+    #[error("writing the upload: {0}")]
+    Io(String),
+}
+
+/// Reads the request body into a temp file in `tmp_dir`.
+pub async fn receive(
+    body: Body,
+    content_type: Option<&str>,
+    tmp_dir: &Path,
+) -> Result<Uploaded, UploadError> {
+    let ct = content_type.unwrap_or("");
+    let lower = ct.to_ascii_lowercase();
+    if lower.starts_with("application/x-www-form-urlencoded") {
+        return Err(UploadError::Form(
+            "request Content-Type isn't multipart/form-data".into(),
+        ));
+    }
+    if !lower.starts_with("multipart/form-data") {
+        let stream = body.into_data_stream().map_err(|e| e.to_string());
+        return write_stream(stream, tmp_dir).await;
+    }
+    let boundary = multer::parse_boundary(ct).map_err(|e| UploadError::Form(e.to_string()))?;
+    let mut form = multer::Multipart::new(body.into_data_stream(), boundary);
+    loop {
+        let field = form
+            .next_field()
+            .await
+            .map_err(|e| UploadError::Form(e.to_string()))?;
+        let Some(field) = field else {
+            return Err(UploadError::Form("http: no such file".into()));
+        };
+        if field.file_name().is_some_and(|n| !n.is_empty()) {
+            return write_stream(field.map_err(|e| e.to_string()), tmp_dir).await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Hashers {
+    md5: md5::Md5,
+    sha1: sha1::Sha1,
+    sha256: sha2::Sha256,
+    sha512: sha2::Sha512,
+    size: u64,
+}
+
+impl Hashers {
+    fn update(&mut self, data: &[u8]) {
+        self.md5.update(data);
+        self.sha1.update(data);
+        self.sha256.update(data);
+        self.sha512.update(data);
+        self.size += data.len() as u64;
+    }
+
+    fn finish(self) -> Blob {
+        Blob {
+            sha256: hex::encode(self.sha256.finalize()),
+            size: self.size,
+            md5: hex::encode(self.md5.finalize()),
+            sha1: hex::encode(self.sha1.finalize()),
+            sha512: hex::encode(self.sha512.finalize()),
+        }
+    }
+}
+
+/// Hashing and writing run on a blocking thread fed through a small
+/// bounded channel: the network side never waits on the disk for long and
+/// never holds more than a few chunks.
+async fn write_stream<S>(mut stream: S, tmp_dir: &Path) -> Result<Uploaded, UploadError>
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin,
+{
+    let file = NamedTempFile::new_in(tmp_dir).map_err(|e| UploadError::Io(e.to_string()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(NamedTempFile, Blob)> {
+        let mut hashers = Hashers::default();
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+        while let Some(chunk) = rx.blocking_recv() {
+            hashers.update(&chunk);
+            out.write_all(&chunk)?;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.as_file().sync_data()?;
+        Ok((file, hashers.finish()))
+    });
+    let mut failure = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(data) => {
+                if tx.send(data).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let written = writer.await.map_err(|e| UploadError::Io(e.to_string()))?;
+    if let Some(e) = failure {
+        return Err(UploadError::Body(e));
+    }
+    let (file, blob) = written.map_err(|e| UploadError::Io(e.to_string()))?;
+    Ok(Uploaded {
+        file: file.into_temp_path(),
+        blob,
+    })
+}
