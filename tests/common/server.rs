@@ -208,6 +208,20 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends raw bytes on a new connection and returns what the server
+    /// answers until it closes the connection or 5 s pass. The request
+    /// should carry `Connection: close`.
+    pub async fn raw(&self, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base().socket_addrs(|| None).expect("address")[0];
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // The server may answer and close before it has read everything.
+        let _ = conn.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// The test-hook counters.
     pub async fn stats(&self) -> Value {
         self.http
