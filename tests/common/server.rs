@@ -233,6 +233,11 @@ impl TestServer {
     /// answers until it closes the connection or 5 s pass. The request
     /// should carry `Connection: close`.
     pub async fn raw(&self, request: &[u8]) -> String {
+        String::from_utf8_lossy(&self.raw_bytes(request).await).into_owned()
+    }
+
+    /// Like [`TestServer::raw`], as bytes.
+    pub async fn raw_bytes(&self, request: &[u8]) -> Vec<u8> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.base().socket_addrs(|| None).expect("address")[0];
         let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -240,7 +245,7 @@ impl TestServer {
         let _ = conn.write_all(request).await;
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out)).await;
-        String::from_utf8_lossy(&out).into_owned()
+        out
     }
 
     /// The test-hook counters.
