@@ -140,6 +140,11 @@ async fn credentials_on_the_packages_tree() {
         let r = req(&s, Method::GET, "api/packages/x", cred).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{cred:?}");
     }
+    let log = s.stderr_tail();
+    assert!(log.contains("token=***"), "{log}");
+    for secret in ["alice-all", "alicepw"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
     // A malformed Basic header or an unknown scheme is ignored: anonymous.
     for h in ["Basic !!!", "Basic", "Digest abc", "token"] {
         let r = req(&s, Method::GET, &file("alice", 1), Cred::Header(h)).await;

@@ -321,3 +321,26 @@ async fn v1_deletes() {
     );
     assert_eq!(get(&s, "api/v1/nothing").await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn public_url_is_used_for_absolute_urls() {
+    let s = TestServer::start(&["--public-url", "https://example.test/gitea"]);
+    for v in ["1", "2"] {
+        assert_eq!(
+            s.put("alice", "tool", v, "f", b"x").await,
+            StatusCode::CREATED
+        );
+    }
+    let (_, h, v) = get(&s, "api/v1/packages/alice/generic/tool?limit=1").await;
+    assert_eq!(
+        v[0]["html_url"],
+        "https://example.test/gitea/alice/-/packages/generic/tool/2"
+    );
+    assert!(header(&h, "link").starts_with(
+        "<https://example.test/gitea/api/v1/packages/alice/generic/tool?limit=1&page=2>"
+    ));
+    assert_eq!(
+        v[0]["owner"]["html_url"],
+        "https://example.test/gitea/alice"
+    );
+}
