@@ -67,7 +67,10 @@ impl PageReq {
     }
 
     pub fn offset(&self) -> u64 {
-        (self.page - 1).saturating_mul(self.limit)
+        // SQLite takes an i64; a negative offset would mean "from the start".
+        (self.page - 1)
+            .saturating_mul(self.limit)
+            .min(i64::MAX as u64)
     }
 }
 

@@ -227,7 +227,8 @@ impl Store {
 
     /// Where the blob with this SHA-256 lives.
     pub fn blob_path(&self, sha256: &str) -> PathBuf {
-        let (head, rest) = sha256.split_at(2.min(sha256.len()));
+        let head = sha256.get(..2).unwrap_or("");
+        let rest = sha256.get(2..).unwrap_or(sha256);
         self.root.join("blobs").join(head).join(rest)
     }
 

@@ -69,55 +69,83 @@ pub async fn receive(
     }
 }
 
+/// The four digests, split in two halves of similar cost so that a second
+/// thread can compute one half while the writer computes the other.
 #[derive(Default)]
-struct Hashers {
-    md5: md5::Md5,
-    sha1: sha1::Sha1,
+struct FirstHalf {
     sha256: sha2::Sha256,
-    sha512: sha2::Sha512,
+    md5: md5::Md5,
     size: u64,
 }
 
-impl Hashers {
-    fn update(&mut self, data: &[u8]) {
-        self.md5.update(data);
-        self.sha1.update(data);
-        self.sha256.update(data);
-        self.sha512.update(data);
-        self.size += data.len() as u64;
-    }
+#[derive(Default)]
+struct SecondHalf {
+    sha1: sha1::Sha1,
+    sha512: sha2::Sha512,
+}
 
-    fn finish(self) -> Blob {
-        Blob {
-            sha256: hex::encode(self.sha256.finalize()),
-            size: self.size,
-            md5: hex::encode(self.md5.finalize()),
-            sha1: hex::encode(self.sha1.finalize()),
-            sha512: hex::encode(self.sha512.finalize()),
-        }
+fn finish(a: FirstHalf, b: SecondHalf) -> Blob {
+    Blob {
+        sha256: hex::encode(a.sha256.finalize()),
+        size: a.size,
+        md5: hex::encode(a.md5.finalize()),
+        sha1: hex::encode(b.sha1.finalize()),
+        sha512: hex::encode(b.sha512.finalize()),
     }
 }
 
-/// Hashing and writing run on a blocking thread fed through a small
-/// bounded channel: the network side never waits on the disk for long and
+/// Writes and hashes the chunks from `rx`: SHA-256 and MD5 on this thread,
+/// SHA-1 and SHA-512 on a helper thread fed through a small channel.
+fn write_and_hash(
+    file: NamedTempFile,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<(NamedTempFile, Blob)> {
+    let (tx2, rx2) = std::sync::mpsc::sync_channel::<Bytes>(8);
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(move || {
+            let mut b = SecondHalf::default();
+            for chunk in rx2 {
+                b.sha1.update(&chunk);
+                b.sha512.update(&chunk);
+            }
+            b
+        });
+        let mut a = FirstHalf::default();
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+        let mut result = Ok(());
+        while let Some(chunk) = rx.blocking_recv() {
+            if tx2.send(chunk.clone()).is_err() {
+                break;
+            }
+            a.sha256.update(&chunk);
+            a.md5.update(&chunk);
+            a.size += chunk.len() as u64;
+            if let Err(e) = out.write_all(&chunk) {
+                result = Err(e);
+                break;
+            }
+        }
+        drop(tx2);
+        let b = helper
+            .join()
+            .map_err(|_| std::io::Error::other("hashing thread failed"))?;
+        result?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.as_file().sync_data()?;
+        Ok((file, finish(a, b)))
+    })
+}
+
+/// Hashing and writing run on blocking threads fed through small
+/// bounded channels: the network side never waits on the disk for long and
 /// never holds more than a few chunks.
 async fn write_stream<S>(mut stream: S, tmp_dir: &Path) -> Result<Uploaded, UploadError>
 where
     S: Stream<Item = Result<Bytes, String>> + Unpin,
 {
     let file = NamedTempFile::new_in(tmp_dir).map_err(|e| UploadError::Io(e.to_string()))?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(NamedTempFile, Blob)> {
-        let mut hashers = Hashers::default();
-        let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
-        while let Some(chunk) = rx.blocking_recv() {
-            hashers.update(&chunk);
-            out.write_all(&chunk)?;
-        }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.as_file().sync_data()?;
-        Ok((file, hashers.finish()))
-    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || write_and_hash(file, rx));
     let mut failure = None;
     while let Some(chunk) = stream.next().await {
         match chunk {

@@ -34,6 +34,13 @@ pub struct TestServer {
     root: TempDir,
 }
 
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
 fn random_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
@@ -78,10 +85,7 @@ impl TestServer {
             direct_url,
             data,
             token,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
+            http: client(),
             child,
             args,
             stderr,
@@ -90,8 +94,10 @@ impl TestServer {
     }
 
     /// Stops the server and starts it again on the same port and data.
+    /// The client is renewed: its pooled connections went with the server.
     pub fn restart(&mut self) {
         self.stop();
+        self.http = client();
         let port = Url::parse(&self.url)
             .ok()
             .and_then(|u| u.port())
@@ -113,6 +119,21 @@ impl TestServer {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("pkgfs serve did not stop on SIGTERM");
     }
 
     /// The server's process id.
@@ -206,6 +227,25 @@ impl TestServer {
             .expect("GET v1");
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends raw bytes on a new connection and returns what the server
+    /// answers until it closes the connection or 5 s pass. The request
+    /// should carry `Connection: close`.
+    pub async fn raw(&self, request: &[u8]) -> String {
+        String::from_utf8_lossy(&self.raw_bytes(request).await).into_owned()
+    }
+
+    /// Like [`TestServer::raw`], as bytes.
+    pub async fn raw_bytes(&self, request: &[u8]) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base().socket_addrs(|| None).expect("address")[0];
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // The server may answer and close before it has read everything.
+        let _ = conn.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out)).await;
+        out
     }
 
     /// The test-hook counters.
