@@ -15,10 +15,36 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{errno_name, Attr, Fs, FsError, FsResult};
+use crate::fs::{errno_name, Attr, Fs, FsError, FsResult, Invalidate};
 
 /// Largest read and write the kernel is asked to send in one request.
 const MAX_IO: u32 = 1024 * 1024;
+
+/// Kernel dentry invalidation through the session's notifier. Sent from
+/// a blocking task: the kernel may hold a directory lock until the request
+/// being answered returns.
+pub struct KernelInvalidator {
+    notifier: fuser::Notifier,
+    rt: Handle,
+}
+
+impl KernelInvalidator {
+    pub fn new(notifier: fuser::Notifier, rt: Handle) -> KernelInvalidator {
+        KernelInvalidator { notifier, rt }
+    }
+}
+
+impl Invalidate for KernelInvalidator {
+    fn entry(&self, parent: u64, name: &str) {
+        let n = self.notifier.clone();
+        let name = name.to_string();
+        self.rt.spawn_blocking(move || {
+            if let Err(e) = n.inval_entry(INodeNo(parent), OsStr::new(&name)) {
+                tracing::debug!(error = %e, name, "kernel entry invalidation failed");
+            }
+        });
+    }
+}
 
 pub struct FuseFs {
     fs: Arc<Fs>,
@@ -361,7 +387,11 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         };
         self.spawn(move |fs| async move {
-            reply_empty(reply, "rename", fs.rename(parent.0, &name, newparent.0, &newname).await);
+            reply_empty(
+                reply,
+                "rename",
+                fs.rename(parent.0, &name, newparent.0, &newname).await,
+            );
         });
     }
 

@@ -18,7 +18,7 @@ use url::Url;
 
 use crate::cache::Cache;
 use crate::fs::{Fs, FsConfig};
-use crate::fuse::FuseFs;
+use crate::fuse::{FuseFs, KernelInvalidator};
 use crate::registry::{self, Client, ClientConfig};
 
 /// Options of `pkgfs mount`. The token comes from the environment variable
@@ -312,8 +312,16 @@ fn serve_mount(
     if args.allow_other {
         config.acl = SessionACL::All;
     }
-    let session = fuser::Session::new(FuseFs::new(fs, rt.handle().clone()), &mountpoint, &config)
-        .map_err(|e| anyhow!("cannot mount on {}: {e}", mountpoint.display()))?;
+    let session = fuser::Session::new(
+        FuseFs::new(Arc::clone(&fs), rt.handle().clone()),
+        &mountpoint,
+        &config,
+    )
+    .map_err(|e| anyhow!("cannot mount on {}: {e}", mountpoint.display()))?;
+    fs.set_invalidator(Box::new(KernelInvalidator::new(
+        session.notifier(),
+        rt.handle().clone(),
+    )));
     let bg = session.spawn()?;
     tracing::info!(url = %url, mountpoint = %mountpoint.display(), "mounted");
     if let Some(mut w) = ready.take() {

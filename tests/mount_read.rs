@@ -50,13 +50,22 @@ fn lists_every_level_with_sizes_and_modes() {
         .unwrap_or_default();
     assert!(age < Duration::from_secs(600), "mtime {age:?} old");
     // Unknown names are ENOENT at every level.
-    for p in ["nobody", "alice/nope", "alice/tool/9.9", "alice/tool/1.0.0/nope"] {
+    for p in [
+        "nobody",
+        "alice/nope",
+        "alice/tool/9.9",
+        "alice/tool/1.0.0/nope",
+    ] {
         let e = std::fs::metadata(m.path(p)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{p}");
     }
     // df works.
     let df = Command::new("df").arg(m.dir.path()).output().unwrap();
-    assert!(df.status.success(), "{}", String::from_utf8_lossy(&df.stderr));
+    assert!(
+        df.status.success(),
+        "{}",
+        String::from_utf8_lossy(&df.stderr)
+    );
 }
 
 #[test]
@@ -94,8 +103,14 @@ fn paginates_121_versions_and_matches_names_case_insensitively() {
     let m = mount(&server, &[]);
     assert_eq!(names(&m.path("alice/many")).len(), 121);
     assert_eq!(names(&m.path("alice")), vec!["MyPkg", "many"]);
-    assert_eq!(std::fs::read(m.path("alice/mypkg/v1/file.bin")).unwrap(), b"case");
-    assert_eq!(std::fs::read(m.path("alice/MYPKG/V1/FILE.bin")).unwrap(), b"case");
+    assert_eq!(
+        std::fs::read(m.path("alice/mypkg/v1/file.bin")).unwrap(),
+        b"case"
+    );
+    assert_eq!(
+        std::fs::read(m.path("alice/MYPKG/V1/FILE.bin")).unwrap(),
+        b"case"
+    );
     assert_eq!(names(&m.path("alice/mypkg/v1")), vec!["File.BIN"]);
 }
 
@@ -125,7 +140,9 @@ fn random_offset_reads_match_the_source() {
     let mut f = std::fs::File::open(m.path("alice/rand/1/big")).unwrap();
     let mut rng = 12345u64;
     for _ in 0..200 {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let off = (rng >> 11) % src.len() as u64;
         let len = ((rng >> 3) % 70_000) as usize;
         let mut buf = vec![0u8; len];
@@ -143,7 +160,10 @@ fn random_offset_reads_match_the_source() {
     }
     // Random access did not download the whole file.
     let sent = server.stats_now()["bytes_sent"].as_u64().unwrap();
-    assert!(sent < src.len() as u64, "server sent {sent} bytes for random reads");
+    assert!(
+        sent < src.len() as u64,
+        "server sent {sent} bytes for random reads"
+    );
 }
 
 #[test]
@@ -152,10 +172,18 @@ fn tail_of_a_large_file_does_not_wait_for_the_whole_file() {
     let src = data(100 * 1024 * 1024, 3);
     server.put_ok("alice", "tail", "1", "big", &src);
     let m = mount(&server, &[]);
-    let out = Command::new("tail").arg("-c").arg("1000").arg(m.path("alice/tail/1/big")).output().unwrap();
+    let out = Command::new("tail")
+        .arg("-c")
+        .arg("1000")
+        .arg(m.path("alice/tail/1/big"))
+        .output()
+        .unwrap();
     assert_eq!(out.stdout, &src[src.len() - 1000..]);
     let sent = server.stats_now()["bytes_sent"].as_u64().unwrap();
-    assert!(sent < 16 * 1024 * 1024, "tail made the server send {sent} bytes");
+    assert!(
+        sent < 16 * 1024 * 1024,
+        "tail made the server send {sent} bytes"
+    );
 }
 
 #[test]
@@ -170,14 +198,22 @@ fn cached_file_is_served_without_requests_also_after_remount() {
         assert_eq!(std::fs::read(m.path("alice/c/1/f")).unwrap(), src);
         server.reset_now();
         assert_eq!(std::fs::read(m.path("alice/c/1/f")).unwrap(), src);
-        assert_eq!(server.stats_now()["file_get"].as_u64(), Some(0), "second read made GETs");
+        assert_eq!(
+            server.stats_now()["file_get"].as_u64(),
+            Some(0),
+            "second read made GETs"
+        );
     }
     let m = Mount::start_with_cache(&server.url, Some(&server.token), &[], &cache_dir);
     // Listing costs requests; reading the cached file does not.
     let _ = std::fs::metadata(m.path("alice/c/1/f")).unwrap();
     server.reset_now();
     assert_eq!(std::fs::read(m.path("alice/c/1/f")).unwrap(), src);
-    assert_eq!(server.stats_now()["file_get"].as_u64(), Some(0), "read after remount made GETs");
+    assert_eq!(
+        server.stats_now()["file_get"].as_u64(),
+        Some(0),
+        "read after remount made GETs"
+    );
     let meta = std::fs::metadata(&cache_dir).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o700);
 }
@@ -187,7 +223,11 @@ fn dir_size(p: &std::path::Path) -> u64 {
     for e in std::fs::read_dir(p).unwrap() {
         let e = e.unwrap();
         let m = e.metadata().unwrap();
-        total += if m.is_dir() { dir_size(&e.path()) } else { m.blocks() * 512 };
+        total += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.blocks() * 512
+        };
     }
     total
 }
@@ -204,10 +244,16 @@ fn cache_stays_within_its_bound() {
         let got = std::fs::read(m.path(&format!("alice/b/1/f{i}"))).unwrap();
         assert_eq!(sha256_hex(&got), sha256_hex(&data(each, 100 + i as u64)));
         let used = dir_size(&m.cache.join("blobs"));
-        assert!(used <= 8 * 1024 * 1024 + each as u64, "cache holds {used} bytes");
+        assert!(
+            used <= 8 * 1024 * 1024 + each as u64,
+            "cache holds {used} bytes"
+        );
     }
     let used = dir_size(&m.cache.join("blobs"));
-    assert!(used <= 8 * 1024 * 1024, "cache holds {used} bytes after reads");
+    assert!(
+        used <= 8 * 1024 * 1024,
+        "cache holds {used} bytes after reads"
+    );
 }
 
 #[test]
@@ -219,8 +265,14 @@ fn corrupted_blob_on_the_server_gives_eio() {
     let m = mount(&server, &[]);
     let err = std::fs::read(m.path("alice/bad/1/f")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
-    assert!(std::fs::read_dir(m.cache.join("blobs")).unwrap().next().is_none());
-    assert!(m.log_text().contains("do not match"), "log does not say why");
+    assert!(std::fs::read_dir(m.cache.join("blobs"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(
+        m.log_text().contains("do not match"),
+        "log does not say why"
+    );
 }
 
 #[test]
@@ -242,7 +294,10 @@ fn concurrent_readers_share_one_download() {
         assert_eq!(t.join().unwrap(), want);
     }
     let sent = server.stats_now()["bytes_sent"].as_u64().unwrap();
-    assert!(sent <= src.len() as u64 * 11 / 10, "8 readers made the server send {sent} bytes");
+    assert!(
+        sent <= src.len() as u64 * 11 / 10,
+        "8 readers made the server send {sent} bytes"
+    );
 }
 
 #[test]
@@ -252,7 +307,10 @@ fn follows_serve_direct_redirects_without_leaking_the_token() {
     server.put_ok("alice", "direct", "1", "f", &src);
     server.put_ok("alice", "direct", "1", "g", &src);
     let m = mount(&server, &[]);
-    assert_eq!(sha256_hex(&std::fs::read(m.path("alice/direct/1/f")).unwrap()), sha256_hex(&src));
+    assert_eq!(
+        sha256_hex(&std::fs::read(m.path("alice/direct/1/f")).unwrap()),
+        sha256_hex(&src)
+    );
     // Ranged read through the redirect (a fresh file, so nothing is cached).
     let mut f = std::fs::File::open(m.path("alice/direct/1/g")).unwrap();
     f.seek(SeekFrom::Start(4 * 1024 * 1024)).unwrap();
@@ -293,7 +351,11 @@ fn rejected_token_and_bad_mountpoints_fail_mount_with_a_clear_message() {
 
     // Background mode: returns when ready; a second mount on it is busy.
     let out = run(&server.url, dir.path(), &server.token);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let guard = common::mount::Unmounter(dir.path().to_path_buf());
     assert!(common::mount::is_mounted(dir.path()));
     let out = run(&server.url, dir.path(), &server.token);
@@ -309,7 +371,10 @@ fn anonymous_mount_of_a_public_owner() {
     server.put_ok("alice", "pub", "1", "f", b"public bytes");
     let m = Mount::start(&server.url, None, &["--owner", "alice"]);
     assert_eq!(names(m.dir.path()), vec!["alice"]);
-    assert_eq!(std::fs::read(m.path("alice/pub/1/f")).unwrap(), b"public bytes");
+    assert_eq!(
+        std::fs::read(m.path("alice/pub/1/f")).unwrap(),
+        b"public bytes"
+    );
 }
 
 #[test]
@@ -321,13 +386,22 @@ fn dead_registry_gives_eio_within_the_timeout_and_recovers() {
     server.stop();
     std::thread::sleep(Duration::from_millis(1100));
     let t = Instant::now();
-    let err = std::fs::read_dir(m.path("alice/dead")).map(|_| ()).unwrap_err();
+    let err = std::fs::read_dir(m.path("alice/dead"))
+        .map(|_| ())
+        .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
     let err = std::fs::read(m.path("alice/dead/1/f")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     server.restart();
-    assert_eq!(std::fs::read(m.path("alice/dead/1/f")).unwrap(), data(1000, 1));
+    assert_eq!(
+        std::fs::read(m.path("alice/dead/1/f")).unwrap(),
+        data(1000, 1)
+    );
 }
 
 #[test]

@@ -55,27 +55,52 @@ fn publishes_with_cp_mv_dd_tee_shell_python_and_touch() {
     assert!(std::fs::metadata(&v).unwrap().is_dir());
 
     ok(&sh(&format!("cp {} {}/", a.display(), v.display())));
-    assert_eq!(remote(&server, "alice", "tool", "1.0", "a.bin").unwrap(), data(3 * 1024 * 1024 + 5, 1));
+    assert_eq!(
+        remote(&server, "alice", "tool", "1.0", "a.bin").unwrap(),
+        data(3 * 1024 * 1024 + 5, 1)
+    );
 
     let b = write_local(src.path(), "b.bin", b"moved");
     ok(&sh(&format!("mv {} {}/", b.display(), v.display())));
     assert!(!b.exists());
-    assert_eq!(remote(&server, "alice", "tool", "1.0", "b.bin").unwrap(), b"moved");
+    assert_eq!(
+        remote(&server, "alice", "tool", "1.0", "b.bin").unwrap(),
+        b"moved"
+    );
 
-    ok(&sh(&format!("dd if={} of={}/dd.bin bs=64k status=none", a.display(), v.display())));
-    assert_eq!(remote(&server, "alice", "tool", "1.0", "dd.bin").unwrap(), data(3 * 1024 * 1024 + 5, 1));
+    ok(&sh(&format!(
+        "dd if={} of={}/dd.bin bs=64k status=none",
+        a.display(),
+        v.display()
+    )));
+    assert_eq!(
+        remote(&server, "alice", "tool", "1.0", "dd.bin").unwrap(),
+        data(3 * 1024 * 1024 + 5, 1)
+    );
 
-    ok(&sh(&format!("printf 'tee data' | tee {}/tee.txt >/dev/null", v.display())));
-    assert_eq!(remote(&server, "alice", "tool", "1.0", "tee.txt").unwrap(), b"tee data");
+    ok(&sh(&format!(
+        "printf 'tee data' | tee {}/tee.txt >/dev/null",
+        v.display()
+    )));
+    assert_eq!(
+        remote(&server, "alice", "tool", "1.0", "tee.txt").unwrap(),
+        b"tee data"
+    );
 
     ok(&sh(&format!("printf 'data' > {}/redir.txt", v.display())));
-    assert_eq!(remote(&server, "alice", "tool", "1.0", "redir.txt").unwrap(), b"data");
+    assert_eq!(
+        remote(&server, "alice", "tool", "1.0", "redir.txt").unwrap(),
+        b"data"
+    );
 
     ok(&sh(&format!(
         "python3 -c \"f=open('{}/py.bin','wb'); f.write(b'py'*1000); f.close()\"",
         v.display()
     )));
-    assert_eq!(remote(&server, "alice", "tool", "1.0", "py.bin").unwrap(), b"py".repeat(1000));
+    assert_eq!(
+        remote(&server, "alice", "tool", "1.0", "py.bin").unwrap(),
+        b"py".repeat(1000)
+    );
 
     ok(&sh(&format!("touch {}/empty", v.display())));
     // An empty file is published when its last descriptor is released.
@@ -94,18 +119,37 @@ fn publishes_with_cp_mv_dd_tee_shell_python_and_touch() {
     for i in 0..5 {
         write_local(tree.path(), &format!("f{i}"), &data(1000 + i, i as u64));
     }
-    ok(&sh(&format!("cp -r {} {}", tree.path().display(), m.path("alice/tool/2.0").display())));
+    ok(&sh(&format!(
+        "cp -r {} {}",
+        tree.path().display(),
+        m.path("alice/tool/2.0").display()
+    )));
     for i in 0..5 {
-        assert_eq!(remote(&server, "alice", "tool", "2.0", &format!("f{i}")).unwrap(), data(1000 + i, i as u64));
+        assert_eq!(
+            remote(&server, "alice", "tool", "2.0", &format!("f{i}")).unwrap(),
+            data(1000 + i, i as u64)
+        );
     }
 
     // Listings show what was published, with real sizes, and reads of
     // every published file are byte-exact.
     let meta = std::fs::metadata(v.join("a.bin")).unwrap();
     assert_eq!(meta.len(), 3 * 1024 * 1024 + 5);
-    for f in ["a.bin", "b.bin", "dd.bin", "tee.txt", "redir.txt", "py.bin", "empty"] {
+    for f in [
+        "a.bin",
+        "b.bin",
+        "dd.bin",
+        "tee.txt",
+        "redir.txt",
+        "py.bin",
+        "empty",
+    ] {
         let via_mount = std::fs::read(v.join(f)).unwrap();
-        assert_eq!(Some(via_mount), remote(&server, "alice", "tool", "1.0", f), "{f}");
+        assert_eq!(
+            Some(via_mount),
+            remote(&server, "alice", "tool", "1.0", f),
+            "{f}"
+        );
     }
 }
 
@@ -115,33 +159,62 @@ fn rsync_publishes_only_final_names() {
     let m = mount(&server, &[]);
     let tree = tempfile::tempdir().unwrap();
     for i in 0..4 {
-        write_local(tree.path(), &format!("r{i}.tar.gz"), &data(200_000 + i, 50 + i as u64));
+        write_local(
+            tree.path(),
+            &format!("r{i}.tar.gz"),
+            &data(200_000 + i, 50 + i as u64),
+        );
     }
-    ok(&sh(&format!("rsync -r {}/ {}/", tree.path().display(), m.path("alice/tool/1.3.1").display())));
+    std::fs::create_dir(m.path("alice/tool")).unwrap();
+    ok(&sh(&format!(
+        "rsync -r {}/ {}/",
+        tree.path().display(),
+        m.path("alice/tool/1.3.1").display()
+    )));
     let files = server.files("alice", "tool", "1.3.1");
     let mut names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
     names.sort();
-    assert_eq!(names, vec!["r0.tar.gz", "r1.tar.gz", "r2.tar.gz", "r3.tar.gz"]);
+    assert_eq!(
+        names,
+        vec!["r0.tar.gz", "r1.tar.gz", "r2.tar.gz", "r3.tar.gz"]
+    );
     for i in 0..4 {
         let got = remote(&server, "alice", "tool", "1.3.1", &format!("r{i}.tar.gz")).unwrap();
-        assert_eq!(sha256_hex(&got), sha256_hex(&data(200_000 + i, 50 + i as u64)));
+        assert_eq!(
+            sha256_hex(&got),
+            sha256_hex(&data(200_000 + i, 50 + i as u64))
+        );
     }
 }
 
 #[test]
 fn existing_files_give_eexist_at_open_and_at_close() {
     for legacy in [false, true] {
-        let args: &[&str] = if legacy { &["--legacy-duplicates"] } else { &[] };
+        let args: &[&str] = if legacy {
+            &["--legacy-duplicates"]
+        } else {
+            &[]
+        };
         let server = TestServer::start(args);
         server.put_ok("alice", "dup", "1.0", "a.bin", b"first");
         let m = mount(&server, &["--metadata-ttl", "600"]);
         let src = tempfile::tempdir().unwrap();
         let f = write_local(src.path(), "a.bin", b"second");
         // Known to exist: refused at open, before any data.
-        let out = sh(&format!("cp {} {}/", f.display(), m.path("alice/dup/1.0").display()));
+        let out = sh(&format!(
+            "cp {} {}/",
+            f.display(),
+            m.path("alice/dup/1.0").display()
+        ));
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("File exists"), "{out:?}");
-        assert_eq!(remote(&server, "alice", "dup", "1.0", "a.bin").unwrap(), b"first");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("File exists"),
+            "{out:?}"
+        );
+        assert_eq!(
+            remote(&server, "alice", "dup", "1.0", "a.bin").unwrap(),
+            b"first"
+        );
 
         // Published by someone else after our listing: refused at close.
         let _ = std::fs::read_dir(m.path("alice/dup/1.0")).unwrap().count();
@@ -150,15 +223,31 @@ fn existing_files_give_eexist_at_open_and_at_close() {
             server.put_ok("alice", "dup", "1.0", other, b"theirs");
         }
         let g = write_local(src.path(), other, b"ours");
-        let out = sh(&format!("cp {} {}/", g.display(), m.path("alice/dup/1.0").display()));
+        let out = sh(&format!(
+            "cp {} {}/",
+            g.display(),
+            m.path("alice/dup/1.0").display()
+        ));
         assert!(!out.status.success(), "legacy={legacy}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("File exists"), "legacy={legacy}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("File exists"),
+            "legacy={legacy}: {out:?}"
+        );
         if !legacy {
-            assert_eq!(remote(&server, "alice", "dup", "1.0", other).unwrap(), b"theirs");
+            assert_eq!(
+                remote(&server, "alice", "dup", "1.0", other).unwrap(),
+                b"theirs"
+            );
         } else {
             assert!(remote(&server, "alice", "dup", "1.0", other).is_none());
         }
-        assert!(std::fs::read_dir(m.cache.join("spool")).unwrap().next().is_none(), "spool left behind");
+        assert!(
+            std::fs::read_dir(m.cache.join("spool"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "spool left behind"
+        );
     }
 }
 
@@ -186,16 +275,35 @@ fn failed_upload_fails_close_and_mv_keeps_the_source() {
     std::fs::create_dir_all(m.path("alice/fail/1.0")).unwrap();
     let src = tempfile::tempdir().unwrap();
     let f = write_local(src.path(), "x.bin", &data(100_000, 4));
-    server.fault_now(serde_json::json!({"kind": "status", "status": 500, "count": 1, "method": "PUT"}));
-    let out = sh(&format!("mv {} {}/", f.display(), m.path("alice/fail/1.0").display()));
-    assert!(!out.status.success(), "mv succeeded although the PUT failed");
+    server.fault_now(
+        serde_json::json!({"kind": "status", "status": 500, "count": 1, "method": "PUT"}),
+    );
+    let out = sh(&format!(
+        "mv {} {}/",
+        f.display(),
+        m.path("alice/fail/1.0").display()
+    ));
+    assert!(
+        !out.status.success(),
+        "mv succeeded although the PUT failed"
+    );
     assert!(f.exists(), "mv lost its source");
     assert!(remote(&server, "alice", "fail", "1.0", "x.bin").is_none());
     assert!(std::fs::metadata(m.path("alice/fail/1.0/x.bin")).is_err());
-    assert!(std::fs::read_dir(m.cache.join("spool")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(m.cache.join("spool"))
+        .unwrap()
+        .next()
+        .is_none());
     // The next attempt works.
-    ok(&sh(&format!("mv {} {}/", f.display(), m.path("alice/fail/1.0").display())));
-    assert_eq!(remote(&server, "alice", "fail", "1.0", "x.bin").unwrap(), data(100_000, 4));
+    ok(&sh(&format!(
+        "mv {} {}/",
+        f.display(),
+        m.path("alice/fail/1.0").display()
+    )));
+    assert_eq!(
+        remote(&server, "alice", "fail", "1.0", "x.bin").unwrap(),
+        data(100_000, 4)
+    );
 }
 
 #[test]
@@ -220,6 +328,7 @@ fn rm_rmdir_and_rm_r() {
     server.put_ok("alice", "del", "1.0", "b", b"b");
     server.put_ok("alice", "del", "2.0", "c", b"c");
     server.put_ok("alice", "del", "3.0", "d", b"d");
+    server.put_ok("alice", "keep", "1.0", "k", b"k");
     let m = mount(&server, &[]);
     // rmdir of a version with files
     let e = std::fs::remove_dir(m.path("alice/del/1.0")).unwrap_err();
@@ -229,8 +338,14 @@ fn rm_rmdir_and_rm_r() {
     assert!(remote(&server, "alice", "del", "1.0", "a").is_none());
     assert_eq!(remote(&server, "alice", "del", "1.0", "b").unwrap(), b"b");
     std::fs::remove_file(m.path("alice/del/1.0/b")).unwrap();
-    assert!(std::fs::metadata(m.path("alice/del/1.0")).is_err());
-    // rm -r of a version, then of the whole package.
+    assert!(server.files("alice", "del", "1.0").is_empty());
+    let listed: Vec<String> = std::fs::read_dir(m.path("alice/del"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!listed.contains(&"1.0".to_string()), "{listed:?}");
+    std::fs::remove_dir(m.path("alice/del/1.0")).unwrap(); // what rm -r does next
+                                                           // rm -r of a version, then of the whole package.
     ok(&sh(&format!("rm -r {}", m.path("alice/del/2.0").display())));
     assert!(remote(&server, "alice", "del", "2.0", "c").is_none());
     ok(&sh(&format!("rm -r {}", m.path("alice/del").display())));
@@ -241,7 +356,6 @@ fn rm_rmdir_and_rm_r() {
     std::fs::remove_dir(m.path("alice/new")).unwrap();
     assert!(std::fs::metadata(m.path("alice/new")).is_err());
     // Renaming a published file is refused.
-    server.put_ok("alice", "keep", "1.0", "k", b"k");
     let e = std::fs::rename(m.path("alice/keep/1.0/k"), m.path("alice/keep/1.0/k2")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EPERM));
 }
@@ -252,7 +366,12 @@ fn spooled_writes_support_offsets_truncate_and_reread_before_close() {
     let m = mount(&server, &[]);
     std::fs::create_dir_all(m.path("alice/sp/1.0")).unwrap();
     let p = m.path("alice/sp/1.0/f.bin");
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
     use std::io::{Read, Seek, SeekFrom};
     f.write_all(b"hello world").unwrap();
     f.seek(SeekFrom::Start(6)).unwrap();
@@ -263,7 +382,10 @@ fn spooled_writes_support_offsets_truncate_and_reread_before_close() {
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "hello WORLD!");
     drop(f);
-    assert_eq!(remote(&server, "alice", "sp", "1.0", "f.bin").unwrap(), b"hello WORLD!");
+    assert_eq!(
+        remote(&server, "alice", "sp", "1.0", "f.bin").unwrap(),
+        b"hello WORLD!"
+    );
     // A descriptor that stays open after the upload cannot write more.
     let p2 = m.path("alice/sp/1.0/g.bin");
     let mut a = std::fs::File::create_new(&p2).unwrap();
@@ -273,7 +395,10 @@ fn spooled_writes_support_offsets_truncate_and_reread_before_close() {
     let mut b = b;
     assert!(b.write_all(b"two").is_err());
     drop(b);
-    assert_eq!(remote(&server, "alice", "sp", "1.0", "g.bin").unwrap(), b"one");
+    assert_eq!(
+        remote(&server, "alice", "sp", "1.0", "g.bin").unwrap(),
+        b"one"
+    );
 }
 
 #[test]

@@ -39,6 +39,13 @@ pub struct FsConfig {
     pub prefetch_max: u64,
 }
 
+/// Tells the kernel to drop a cached name: for entries that vanish other
+/// than through the syscall being answered (a failed upload, a version
+/// that disappeared with its last file). Implemented by the FUSE adapter.
+pub trait Invalidate: Send + Sync {
+    fn entry(&self, parent: Ino, name: &str);
+}
+
 /// Attributes of one inode, FUSE-agnostic.
 #[derive(Debug, Clone, Copy)]
 pub struct Attr {
@@ -97,6 +104,7 @@ pub struct Fs {
     writers: Mutex<HashMap<Ino, Arc<Writer>>>,
     /// Serialises the first uploads into a new version.
     version_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    invalidator: std::sync::OnceLock<Box<dyn Invalidate>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,6 +133,18 @@ impl Fs {
             fetches: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             version_locks: Mutex::new(HashMap::new()),
+            invalidator: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Connects the kernel-cache invalidation (once, after mounting).
+    pub fn set_invalidator(&self, i: Box<dyn Invalidate>) {
+        let _ = self.invalidator.set(i);
+    }
+
+    fn forget_entry(&self, parent: Ino, name: &str) {
+        if let Some(i) = self.invalidator.get() {
+            i.entry(parent, name);
         }
     }
 

@@ -53,6 +53,10 @@ pub struct Node {
     pub sha256: String,
     /// Exists only locally: a `mkdir` placeholder or a file being written.
     pub local: bool,
+    /// Left out of its parent's listing but still resolvable: a version
+    /// whose last file was deleted (gone from the registry, yet `rmdir`
+    /// of it must work for `rm -r`).
+    pub hidden: bool,
 }
 
 impl Node {
@@ -117,6 +121,7 @@ impl Tree {
             size: 0,
             sha256: String::new(),
             local: false,
+            hidden: false,
         };
         let mut nodes = HashMap::new();
         nodes.insert(ROOT_INO, root);
@@ -170,6 +175,7 @@ impl Tree {
         dir.children
             .values()
             .filter_map(|ino| self.nodes.get(ino))
+            .filter(|n| !n.hidden)
             .map(|n| (n.ino, n.kind, n.leaf().to_string()))
             .collect()
     }
@@ -206,6 +212,7 @@ impl Tree {
                         n.size = spec.size;
                         n.sha256 = spec.sha256;
                         n.local = false;
+                        n.hidden = false;
                         if kind != Kind::File {
                             set_leaf(n, &spec.name);
                         }
@@ -287,6 +294,7 @@ impl Tree {
             size: spec.size,
             sha256: spec.sha256,
             local: false,
+            hidden: false,
         };
         set_leaf(&mut node, &spec.name);
         self.nodes.insert(ino, node);

@@ -363,6 +363,7 @@ impl Fs {
                 lock(&w.state).phase = Phase::Failed(e.clone());
                 lock(&self.writers).remove(&w.ino);
                 lock(&self.tree).remove_child(node.parent, &node.file);
+                self.forget_entry(node.parent, &node.file);
                 let _ = std::fs::remove_file(&w.spool);
                 Err(e)
             }
@@ -451,6 +452,7 @@ impl Fs {
                 break;
             }
             p.local = false;
+            p.hidden = false;
             up = p.parent;
         }
     }
@@ -488,9 +490,11 @@ impl Fs {
             && tree.children(parent).is_empty()
             && tree.get(parent).is_some_and(|v| !v.local);
         if version_gone {
-            if let Some(v) = tree.get(parent).cloned() {
-                tree.remove_child(v.parent, &v.version);
-                tree.invalidate(v.parent);
+            // Gone from the registry with its last file: no longer listed,
+            // but an empty placeholder until rmdir (so `rm -r` works).
+            if let Some(v) = tree.get_mut(parent) {
+                v.local = true;
+                v.hidden = true;
             }
         }
         Ok(())

@@ -47,10 +47,13 @@ pub fn validate_version(version: &str) -> Result<(), Invalid> {
 }
 
 /// The client's stricter rule for a version it creates or shows: the Gitea
-/// rule plus no `/`, no NUL and at most 255 bytes (§2 "Slashes", §9 rule 2).
+/// rule plus no `/`, no control character (the URL library would drop tabs
+/// and newlines), not `.`/`..`, and at most 255 bytes (§2 "Slashes", §9
+/// rule 2).
 pub fn client_version_ok(version: &str) -> bool {
     validate_version(version).is_ok()
-        && !version.contains(['/', '\0'])
+        && !version.contains('/')
+        && !version.chars().any(char::is_control)
         && version.len() <= super::MAX_COMPONENT_LEN
         && version != "."
         && version != ".."
@@ -102,5 +105,8 @@ mod tests {
         assert!(!client_version_ok("v1/2"));
         assert!(!client_version_ok(&"9".repeat(256)));
         assert!(client_version_ok("1.0"));
+        assert!(!client_version_ok("1\t2"));
+        assert!(!client_version_ok("1\n2"));
+        assert!(!client_version_ok(".."));
     }
 }

@@ -27,7 +27,15 @@ impl TestServer {
     }
 
     /// Uploads with another user's token and asserts 201.
-    pub fn put_with_token(&self, token: &str, owner: &str, name: &str, version: &str, file: &str, bytes: &[u8]) {
+    pub fn put_with_token(
+        &self,
+        token: &str,
+        owner: &str,
+        name: &str,
+        version: &str,
+        file: &str,
+        bytes: &[u8],
+    ) {
         let s = block(
             self.http
                 .put(self.file_url(owner, name, version, file))
