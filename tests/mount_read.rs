@@ -417,3 +417,52 @@ fn sigterm_unmounts_cleanly() {
     assert!(!common::mount::is_mounted(m.dir.path()), "{}", m.log_text());
     m.unmount();
 }
+
+#[test]
+fn lists_on_servers_without_the_versions_endpoint_and_with_size_spelled_size() {
+    let server = TestServer::start(&["--no-versions-endpoint", "--size-key", "Size", "--no-head"]);
+    server.put_ok("alice", "tool", "1.0", "a.bin", &data(5000, 1));
+    server.put_ok("alice", "tool", "2.0", "a.bin", &data(6000, 2));
+    server.put_ok("alice", "toolbox", "9.9", "x", b"x");
+    let m = mount(&server, &["--metadata-ttl", "0"]);
+    // `q=tool` also matches toolbox: the exact-name filter keeps tool's.
+    assert_eq!(names(&m.path("alice/tool")), vec!["1.0", "2.0"]);
+    assert_eq!(
+        std::fs::metadata(m.path("alice/tool/2.0/a.bin"))
+            .unwrap()
+            .len(),
+        6000
+    );
+    assert_eq!(
+        std::fs::read(m.path("alice/tool/1.0/a.bin")).unwrap(),
+        data(5000, 1)
+    );
+}
+
+#[test]
+fn private_owner_is_eacces_or_enoent_never_readable() {
+    let server = TestServer::start_with_config(
+        r#"
+[[users]]
+name = "alice"
+  [[users.tokens]]
+  value_env = "PKGFS_SERVE_TOKEN"
+[[users]]
+name = "carol"
+visibility = "private"
+  [[users.tokens]]
+  value = "carol-token"
+"#,
+        &[],
+    );
+    server.put_with_token("carol-token", "carol", "secret", "1", "s", b"secret");
+    let m = mount(&server, &[]);
+    // Not visible to alice: the registry says it does not exist.
+    let e = std::fs::metadata(m.path("carol")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+    let c = Mount::start(&server.url, Some("carol-token"), &[]);
+    assert_eq!(
+        std::fs::read(c.path("carol/secret/1/s")).unwrap(),
+        b"secret"
+    );
+}

@@ -423,3 +423,50 @@ fn large_upload_keeps_daemon_memory_flat() {
         .unwrap();
     assert!(hwm_kib < 64 * 1024, "daemon peak RSS {hwm_kib} KiB");
 }
+
+#[test]
+fn quota_and_missing_rights_map_to_edquot_and_eacces() {
+    let server = TestServer::start_with_config(
+        r#"
+[[users]]
+name = "alice"
+  [[users.tokens]]
+  value_env = "PKGFS_SERVE_TOKEN"
+  [[users.tokens]]
+  value = "read-only-token"
+  scopes = ["read:package", "read:user", "read:organization"]
+"#,
+        &["--max-file-size", "1KiB"],
+    );
+    let m = mount(&server, &[]);
+    std::fs::create_dir_all(m.path("alice/q/1.0")).unwrap();
+    let out = sh(&format!(
+        "head -c 2048 /dev/zero > {}/big.bin",
+        m.path("alice/q/1.0").display()
+    ));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("quota"),
+        "{out:?}"
+    );
+    assert!(remote(&server, "alice", "q", "1.0", "big.bin").is_none());
+    assert!(m
+        .log_text()
+        .contains("maximum allowed package type size exceeded"));
+
+    let ro = Mount::start(&server.url, Some("read-only-token"), &[]);
+    std::fs::create_dir_all(ro.path("alice/q/2.0")).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let f = write_local(src.path(), "f", b"x");
+    let out = sh(&format!(
+        "cp {} {}/",
+        f.display(),
+        ro.path("alice/q/2.0").display()
+    ));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    assert!(remote(&server, "alice", "q", "2.0", "f").is_none());
+}
