@@ -470,3 +470,18 @@ name = "alice"
     );
     assert!(remote(&server, "alice", "q", "2.0", "f").is_none());
 }
+
+#[test]
+fn published_file_is_read_back_from_the_cache_without_a_download() {
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    std::fs::create_dir_all(m.path("alice/rb/1.0")).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let bytes = data(2 * 1024 * 1024 + 3, 77);
+    let f = write_local(src.path(), "f.bin", &bytes);
+    ok(&sh(&format!("cp {} {}/", f.display(), m.path("alice/rb/1.0").display())));
+    server.reset_now();
+    assert_eq!(std::fs::read(m.path("alice/rb/1.0/f.bin")).unwrap(), bytes);
+    assert_eq!(server.stats_now()["file_get"].as_u64(), Some(0));
+    assert_eq!(std::fs::read_dir(m.cache.join("blobs")).unwrap().count(), 1);
+}

@@ -288,9 +288,8 @@ impl Cache {
 
 /// sha256 (lower-case hex) of a whole file, read with `pread`.
 pub fn sha256_file(file: &File) -> io::Result<String> {
-    use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;
-    let mut h = Sha256::new();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
     loop {
@@ -301,7 +300,7 @@ pub fn sha256_file(file: &File) -> io::Result<String> {
         h.update(&buf[..n]);
         off += n as u64;
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(hex::encode(h.finish()))
 }
 
 #[cfg(test)]

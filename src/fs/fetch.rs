@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rangemap::RangeSet;
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use super::error::{FsError, FsResult};
@@ -32,6 +32,10 @@ const FIRST_WINDOW: u64 = 1024 * 1024;
 const RANDOM_WINDOW: u64 = 128 * 1024;
 /// Smallest ranged request.
 const MIN_REQUEST: u64 = 64 * 1024;
+/// Arrived bytes are made visible to readers at least this often.
+const PUBLISH_EVERY: u64 = 256 * 1024;
+/// The verifier hashes at most this much per blocking call.
+const VERIFY_BLOCK: u64 = 8 * 1024 * 1024;
 /// A stream idle (paused at its demand) this long closes its connection.
 const IDLE: Duration = Duration::from_secs(5);
 /// At most this many streams per file; beyond, an idle one is cancelled.
@@ -43,7 +47,6 @@ const NEAR: u64 = 4 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 enum Verdict {
     Incomplete,
-    Verifying,
     Good,
     Bad(String),
 }
@@ -72,6 +75,8 @@ struct State {
     committed: bool,
     /// The cache directory is full: reads bypass it.
     bypass: bool,
+    /// The sha256 verifier task is running.
+    verifier: bool,
 }
 
 /// A download shared by all readers of one file.
@@ -97,7 +102,8 @@ enum Step {
     Ready,
     Direct,
     Wait,
-    Start(u64, u64),
+    /// Start stream (id, offset), and the verifier if it is not running.
+    Start(u64, u64, bool),
 }
 
 impl Fetch {
@@ -137,6 +143,7 @@ impl Fetch {
                 reservation,
                 committed: false,
                 bypass,
+                verifier: false,
             }),
             progress: watch::channel(0).0,
             demand_changed: Notify::new(),
@@ -160,6 +167,7 @@ impl Fetch {
         if offset >= end {
             return Ok(Vec::new());
         }
+        tracing::trace!(offset, len, "read");
         let stall = self.client.timeout();
         let mut rx = self.progress.subscribe();
         let err_gen = self.lock().err_gen;
@@ -168,11 +176,16 @@ impl Fetch {
             match step {
                 Step::Ready => break,
                 Step::Direct => return self.read_direct(offset, end).await,
-                Step::Start(id, start) => {
+                Step::Start(id, start, verifier) => {
                     let me = Arc::clone(self);
                     tokio::spawn(async move { me.run_stream(id, start).await });
+                    if verifier {
+                        let me = Arc::clone(self);
+                        tokio::spawn(async move { me.verify().await });
+                    }
                 }
                 Step::Wait => {
+                    tracing::trace!(offset, "read waits for data");
                     if tokio::time::timeout(stall, rx.changed()).await.is_err() {
                         let msg = format!(
                             "{}: no data for {}s at offset {offset}",
@@ -286,25 +299,30 @@ impl Fetch {
             window: (window * 2).min(self.prefetch_max),
             cancelled: false,
         });
-        Ok(Step::Start(id, m))
+        let verifier = !std::mem::replace(&mut st.verifier, true);
+        Ok(Step::Start(id, m, verifier))
     }
 
     /// Downloads from `start` while readers want more, resuming after
     /// transient failures for up to the client timeout without progress.
+    /// Arrivals are published to readers in batches (every `PUBLISH_EVERY`
+    /// bytes, or whenever the next chunk is not there yet), so the cost per
+    /// network chunk stays a `pwrite`.
     async fn run_stream(self: Arc<Self>, id: u64, start: u64) {
         let mut pos = start;
-        let mut hasher = (start == 0).then(Sha256::new);
+        let mut published = start;
         let mut last_progress = Instant::now();
         let mut body: Option<registry::Download> = None;
         let mut backoff = Duration::from_millis(50);
-        let outcome: Result<(), FsError> = loop {
+        let outcome: Result<(), FsError> = 'outer: loop {
+            self.publish(id, &mut published, pos);
             if pos >= self.size {
                 break Ok(());
             }
             let notified = self.demand_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let demand = {
+            let (demand, next_present) = {
                 let st = self.lock();
                 let Some(s) = st.streams.iter().find(|s| s.id == id) else {
                     break Ok(());
@@ -312,7 +330,13 @@ impl Fetch {
                 if s.cancelled || st.present.contains(&pos) {
                     break Ok(()); // another stream has these bytes
                 }
-                s.demand
+                let next_present = st
+                    .present
+                    .iter()
+                    .map(|r| r.start)
+                    .find(|&s| s > pos)
+                    .unwrap_or(self.size);
+                (s.demand, next_present)
             };
             if pos >= demand {
                 body = None;
@@ -321,69 +345,68 @@ impl Fetch {
                 }
                 continue;
             }
-            let dl = match body.as_mut() {
-                Some(dl) => dl,
-                None => {
-                    // Ask for what readers want now (their window included),
-                    // so random reads do not make the server send the file.
-                    let want_end = {
-                        let st = self.lock();
-                        let next_present = st
-                            .present
-                            .iter()
-                            .map(|r| r.start)
-                            .find(|&s| s > pos)
-                            .unwrap_or(self.size);
-                        demand.max(pos + MIN_REQUEST).min(next_present)
-                    };
-                    match self.client.download(&self.fref, pos, want_end).await {
-                        Ok(dl) => body.insert(dl),
-                        Err(e) => break Err(e.into()),
+            if body.is_none() {
+                // Ask for what readers want now (their window included),
+                // so random reads do not make the server send the file.
+                let want_end = demand.max(pos + MIN_REQUEST).min(next_present);
+                tracing::debug!(file = %self.what(), pos, want_end, "ranged GET");
+                match self.client.download(&self.fref, pos, want_end).await {
+                    Ok(dl) => {
+                        tracing::trace!(pos, "response headers");
+                        body = Some(dl)
                     }
+                    Err(e) => break Err(e.into()),
                 }
-            };
-            match dl.chunk().await {
-                Ok(Some(bytes)) => {
-                    let n = (bytes.len() as u64).min(self.size - pos) as usize;
-                    let written = match &self.file {
-                        Some(f) => f.write_all_at(&bytes[..n], pos),
-                        None => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
-                    };
-                    if let Err(e) = written {
-                        tracing::warn!(
-                            file = %self.what(),
-                            error = %e,
-                            "cannot write to the cache directory; further reads of this file bypass the cache"
-                        );
-                        self.lock().bypass = true;
-                        break Ok(());
+            }
+            let Some(dl) = body.as_mut() else { continue };
+            // Take chunks while they are there; publish before waiting.
+            loop {
+                let next = match dl.chunk().now_or_never() {
+                    Some(r) => r,
+                    None => {
+                        self.publish(id, &mut published, pos);
+                        dl.chunk().await
                     }
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(&bytes[..n]);
-                    }
-                    pos += n as u64;
-                    {
-                        let mut st = self.lock();
-                        st.present.insert(pos - n as u64..pos);
-                        if let Some(s) = st.streams.iter_mut().find(|s| s.id == id) {
-                            s.pos = pos;
+                };
+                match next {
+                    Ok(Some(bytes)) => {
+                        let n = (bytes.len() as u64).min(self.size - pos) as usize;
+                        if let Err(e) = self.write_at(&bytes[..n], pos) {
+                            tracing::warn!(
+                                file = %self.what(),
+                                error = %e,
+                                "cannot write to the cache directory; further reads of this file bypass the cache"
+                            );
+                            self.lock().bypass = true;
+                            break 'outer Ok(());
+                        }
+                        pos += n as u64;
+                        last_progress = Instant::now();
+                        backoff = Duration::from_millis(50);
+                        if pos - published >= PUBLISH_EVERY || pos >= self.size {
+                            continue 'outer; // publish and check demand
                         }
                     }
-                    self.progress.send_modify(|v| *v += 1);
-                    last_progress = Instant::now();
-                    backoff = Duration::from_millis(50);
+                    Ok(None) => {
+                        body = None; // segment done (or cut short): next one
+                        continue 'outer;
+                    }
+                    Err(e)
+                        if e.is_transient() && last_progress.elapsed() < self.client.timeout() =>
+                    {
+                        tracing::info!(file = %self.what(), pos, error = %e, "download interrupted; resuming");
+                        body = None;
+                        self.publish(id, &mut published, pos);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue 'outer;
+                    }
+                    Err(e) => break 'outer Err(e.into()),
                 }
-                Ok(None) => body = None, // segment done (or cut short): next one
-                Err(e) if e.is_transient() && last_progress.elapsed() < self.client.timeout() => {
-                    tracing::info!(file = %self.what(), pos, error = %e, "download interrupted; resuming");
-                    body = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => break Err(e.into()),
             }
         };
-        let finished = {
+        self.publish(id, &mut published, pos);
+        {
             let mut st = self.lock();
             st.streams.retain(|s| s.id != id);
             if let Err(e) = &outcome {
@@ -391,40 +414,110 @@ impl Fetch {
                 st.err_gen += 1;
                 st.last_error = Some(e.clone());
             }
-            let complete = st.present.gaps(&(0..self.size)).next().is_none();
-            let go = complete && st.verdict == Verdict::Incomplete;
-            if go {
-                st.verdict = Verdict::Verifying;
-            }
-            go
-        };
+        }
         self.progress.send_modify(|v| *v += 1);
-        if finished {
-            let inline = (start == 0 && pos == self.size)
-                .then(|| hasher.map(|h| hex::encode(h.finalize())))
-                .flatten();
-            self.finish(inline).await;
+    }
+
+    fn write_at(&self, bytes: &[u8], pos: u64) -> std::io::Result<()> {
+        match &self.file {
+            Some(f) => f.write_all_at(bytes, pos),
+            None => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
         }
     }
 
-    /// Checks the complete file against its sha256 and keeps it in the
-    /// cache, or marks it bad (every further read fails with EIO).
-    async fn finish(self: Arc<Self>, digest: Option<String>) {
-        let (Some(file), Some(path)) = (&self.file, &self.path) else {
+    /// Makes bytes `*published..pos` visible to readers.
+    fn publish(&self, id: u64, published: &mut u64, pos: u64) {
+        if pos <= *published {
+            return;
+        }
+        {
+            let mut st = self.lock();
+            st.present.insert(*published..pos);
+            if let Some(s) = st.streams.iter_mut().find(|s| s.id == id) {
+                s.pos = pos;
+            }
+        }
+        *published = pos;
+        tracing::trace!(pos, "published");
+        self.progress.send_modify(|v| *v += 1);
+    }
+
+    /// Hashes the file from offset 0 as its bytes arrive, on a blocking
+    /// thread beside the download (so verification overlaps the transfer),
+    /// then gives the verdict. Ends early when the file is abandoned
+    /// (no stream for `IDLE` and still incomplete); a later read starts it
+    /// again from where the bytes are.
+    async fn verify(self: Arc<Self>) {
+        let Some(file) = self.file.as_ref().and_then(|f| f.try_clone().ok()) else {
+            self.lock().verifier = false;
             return;
         };
-        let digest = match digest {
-            Some(d) => Ok(d),
-            None => {
-                let f = file.try_clone();
-                tokio::task::spawn_blocking(move || crate::cache::sha256_file(&f?))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        let file = Arc::new(file);
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut done = 0u64;
+        let mut rx = self.progress.subscribe();
+        while done < self.size {
+            let avail = {
+                let st = self.lock();
+                if st.bypass || matches!(st.verdict, Verdict::Bad(_)) {
+                    drop(st);
+                    self.lock().verifier = false;
+                    return;
+                }
+                st.present.get(&done).map_or(done, |r| r.end)
+            };
+            if avail > done {
+                let end = avail.min(done + VERIFY_BLOCK);
+                let f = Arc::clone(&file);
+                let hashed = tokio::task::spawn_blocking(move || {
+                    hash_range(&f, &mut ctx, done, end).map(|()| ctx)
+                })
+                .await;
+                match hashed {
+                    Ok(Ok(c)) => ctx = c,
+                    Ok(Err(e)) => {
+                        return self.set_verdict(Verdict::Bad(format!(
+                            "{}: cannot hash download: {e}",
+                            self.what()
+                        )))
+                    }
+                    Err(e) => {
+                        return self.set_verdict(Verdict::Bad(format!(
+                            "{}: hashing failed: {e}",
+                            self.what()
+                        )))
+                    }
+                }
+                done = end;
+                continue;
             }
-        };
-        let verdict = match digest {
-            Ok(d) if d.eq_ignore_ascii_case(&self.sha256) => {
-                let reservation = self.lock().reservation.take();
+            if tokio::time::timeout(IDLE, rx.changed()).await.is_err() {
+                let mut st = self.lock();
+                if st.streams.is_empty() {
+                    st.verifier = false; // abandoned; restarted by the next stream
+                    return;
+                }
+            }
+        }
+        let digest = hex::encode(ctx.finish());
+        self.finish(digest);
+    }
+
+    fn set_verdict(&self, v: Verdict) {
+        {
+            let mut st = self.lock();
+            st.verdict = v;
+            st.verifier = false;
+        }
+        self.progress.send_modify(|x| *x += 1);
+    }
+
+    /// Compares the digest with the registry's sha256: keeps the file in
+    /// the cache, or marks the download bad (every read fails with EIO).
+    fn finish(&self, digest: String) {
+        let verdict = if digest.eq_ignore_ascii_case(&self.sha256) {
+            let reservation = self.lock().reservation.take();
+            if let Some(path) = &self.path {
                 match self
                     .cache
                     .commit(path, &self.sha256, self.size, reservation)
@@ -434,21 +527,18 @@ impl Fetch {
                         tracing::warn!(file = %self.what(), error = %e, "cannot keep download in cache")
                     }
                 }
-                Verdict::Good
             }
-            Ok(d) => {
-                let msg = format!(
-                    "{}: downloaded bytes do not match the registry's sha256 (expected {}, got {d}); dropped",
-                    self.what(),
-                    self.sha256
-                );
-                tracing::error!("{msg}");
-                Verdict::Bad(msg)
-            }
-            Err(e) => Verdict::Bad(format!("{}: cannot hash download: {e}", self.what())),
+            Verdict::Good
+        } else {
+            let msg = format!(
+                "{}: downloaded bytes do not match the registry's sha256 (expected {}, got {digest}); dropped",
+                self.what(),
+                self.sha256
+            );
+            tracing::error!("{msg}");
+            Verdict::Bad(msg)
         };
-        self.lock().verdict = verdict;
-        self.progress.send_modify(|v| *v += 1);
+        self.set_verdict(verdict);
     }
 
     /// Whether the download failed its checksum (the handle should stop
@@ -465,4 +555,22 @@ impl Drop for Fetch {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Feeds bytes `start..end` of `file` into `ctx`.
+fn hash_range(
+    file: &File,
+    ctx: &mut ring::digest::Context,
+    start: u64,
+    end: u64,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; (end - start).min(1 << 20) as usize];
+    let mut off = start;
+    while off < end {
+        let n = ((end - off) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], off)?;
+        ctx.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(())
 }

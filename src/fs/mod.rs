@@ -494,11 +494,33 @@ impl Fs {
         if node.size == 0 {
             return Ok(self.add_handle(Handle::Local(None)));
         }
+        let node = if node.sha256.is_empty() {
+            self.relisted(&node).await?
+        } else {
+            node
+        };
         if let Some(f) = self.cache.get(&node.sha256) {
             return Ok(self.add_handle(Handle::Local(Some(f))));
         }
         let fetch = self.fetch_for(&node)?;
         Ok(self.add_handle(Handle::Remote(fetch)))
+    }
+
+    /// A file whose sha256 is not known yet (published here, listing not
+    /// answered): list its version again.
+    async fn relisted(&self, node: &Node) -> FsResult<Node> {
+        let parent = self.node(node.parent)?;
+        lock(&self.tree).invalidate(parent.ino);
+        self.ensure_listing(&parent).await?;
+        let fresh = lock(&self.tree).child(parent.ino, &node.file).cloned();
+        fresh
+            .filter(|n| crate::cache::is_sha256(&n.sha256))
+            .ok_or_else(|| {
+                FsError::new(
+                    libc::EIO,
+                    format!("{}: the registry lists no sha256", node.path()),
+                )
+            })
     }
 
     /// The shared download of a file, created on first use.

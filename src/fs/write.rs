@@ -350,9 +350,15 @@ impl Fs {
         match result {
             Ok(sha) => {
                 lock(&w.state).phase = Phase::Published;
+                let sha = sha.unwrap_or_default();
                 self.mark_published(&node, &sha, size);
                 lock(&self.writers).remove(&w.ino);
-                if let Err(e) = self.cache.commit(&w.spool, &sha, size, None) {
+                let kept = if sha.is_empty() {
+                    std::fs::remove_file(&w.spool)
+                } else {
+                    self.cache.commit(&w.spool, &sha, size, None)
+                };
+                if let Err(e) = kept {
                     tracing::warn!(error = %e, "cannot move published file into the cache");
                 }
                 tracing::info!(path = %node.path(), size, "published");
@@ -370,8 +376,31 @@ impl Fs {
         }
     }
 
-    /// The PUT and the interpretation of its outcome.
-    async fn upload(&self, node: &Node, fref: &FileRef, w: &Writer, size: u64) -> FsResult<String> {
+    /// The sha256 the registry lists for a file just published (and of the
+    /// expected size), if the listing answers.
+    async fn remote_sha256(&self, fref: &FileRef, size: u64) -> Option<String> {
+        let files = self
+            .client
+            .list_files(&fref.owner, &fref.name, &fref.version)
+            .await
+            .ok()?;
+        let lower = fref.file.to_lowercase();
+        files
+            .into_iter()
+            .find(|f| f.name.to_lowercase() == lower && f.size == size as i64)
+            .map(|f| f.sha256.to_lowercase())
+            .filter(|s| crate::cache::is_sha256(s))
+    }
+
+    /// The PUT and the interpretation of its outcome: the sha256 of the
+    /// published file when known.
+    async fn upload(
+        &self,
+        node: &Node,
+        fref: &FileRef,
+        w: &Writer,
+        size: u64,
+    ) -> FsResult<Option<String>> {
         if let Err(e) = registry::validate_ref(fref) {
             return Err(e.into()); // EINVAL, nothing sent
         }
@@ -383,7 +412,9 @@ impl Fs {
             None => None,
         };
         match self.client.upload(fref, &w.spool, size).await {
-            Ok(sha) => Ok(sha),
+            // The registry hashed what it received; ask rather than hash
+            // the spool again (an unknown sha256 just skips the cache).
+            Ok(()) => Ok(self.remote_sha256(fref, size).await),
             Err(registry::Error::BadRequest(msg)) => {
                 // Local validation passed: most likely the 1.17-style
                 // "package version already exists" (§9 rule 6).
@@ -425,7 +456,7 @@ impl Fs {
                     f.name.to_lowercase() == lower && f.sha256.eq_ignore_ascii_case(&local)
                 }) {
                     tracing::info!(path = %node.path(), "connection lost after the upload, but the registry has the file");
-                    return Ok(local);
+                    return Ok(Some(local));
                 }
                 Err(e.into())
             }

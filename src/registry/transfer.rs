@@ -3,10 +3,6 @@
 //! uploads streamed from disk, and deletes.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-
-use futures_util::TryStreamExt;
-use sha2::{Digest, Sha256};
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
@@ -110,21 +106,16 @@ impl Client {
         })
     }
 
-    /// Uploads `path` (`len` bytes) with one PUT streamed from disk and
-    /// returns the sha256 of what was sent. Names are validated locally
-    /// first: an invalid one sends nothing. Never retried here: the caller
-    /// decides (§9 rule 5, no blind retry).
-    pub async fn upload(&self, f: &FileRef, path: &Path, len: u64) -> Result<String> {
+    /// Uploads `path` (`len` bytes) with one PUT streamed from disk. Names
+    /// are validated locally first: an invalid one sends nothing. Never
+    /// retried here: the caller decides (§9 rule 5, no blind retry).
+    pub async fn upload(&self, f: &FileRef, path: &Path, len: u64) -> Result<()> {
         validate_ref(f)?;
         let url = paths::file_url(&self.base, &f.owner, &f.name, &f.version, &f.file);
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::Io(format!("open spool {}: {e}", path.display())))?;
-        let hasher = Arc::new(Mutex::new(Sha256::new()));
-        let h = Arc::clone(&hasher);
-        let stream = ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(move |chunk| {
-            h.lock().unwrap_or_else(|e| e.into_inner()).update(chunk);
-        });
+        let stream = ReaderStream::with_capacity(file, 256 * 1024);
         let what = describe(&Method::PUT, &url);
         let resp = self
             .request(Method::PUT, url.clone())
@@ -138,8 +129,7 @@ impl Client {
         super::check_status(resp, &Method::PUT, &url)
             .await
             .map_err(|(e, _)| e)?;
-        let digest = std::mem::take(&mut *hasher.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok(hex::encode(digest.finalize()))
+        Ok(())
     }
 
     /// DELETE of one file. 404 is reported as `NotFound`.

@@ -49,6 +49,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, side: Side, shutdown: C
             },
             _ = shutdown.cancelled() => return,
         };
+        // Headers and body go out as separate writes: without NODELAY,
+        // Nagle and the client's delayed ACK hold the first body bytes.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -70,27 +70,46 @@ pub async fn receive(
 }
 
 /// The four digests, split in two halves of similar cost so that a second
-/// thread can compute one half while the writer computes the other.
-#[derive(Default)]
+/// thread can compute one half while the writer computes the other. SHA-2
+/// comes from `ring` (assembly; about twice the speed of `sha2` on CPUs
+/// without SHA extensions).
 struct FirstHalf {
-    sha256: sha2::Sha256,
+    sha256: ring::digest::Context,
     md5: md5::Md5,
     size: u64,
 }
 
-#[derive(Default)]
+impl Default for FirstHalf {
+    fn default() -> Self {
+        FirstHalf {
+            sha256: ring::digest::Context::new(&ring::digest::SHA256),
+            md5: md5::Md5::default(),
+            size: 0,
+        }
+    }
+}
+
 struct SecondHalf {
     sha1: sha1::Sha1,
-    sha512: sha2::Sha512,
+    sha512: ring::digest::Context,
+}
+
+impl Default for SecondHalf {
+    fn default() -> Self {
+        SecondHalf {
+            sha1: sha1::Sha1::default(),
+            sha512: ring::digest::Context::new(&ring::digest::SHA512),
+        }
+    }
 }
 
 fn finish(a: FirstHalf, b: SecondHalf) -> Blob {
     Blob {
-        sha256: hex::encode(a.sha256.finalize()),
+        sha256: hex::encode(a.sha256.finish()),
         size: a.size,
         md5: hex::encode(a.md5.finalize()),
         sha1: hex::encode(b.sha1.finalize()),
-        sha512: hex::encode(b.sha512.finalize()),
+        sha512: hex::encode(b.sha512.finish()),
     }
 }
 
