@@ -81,16 +81,24 @@ name = "alice"
 name = "bob"
   [[users.tokens]]
   value = "bob-token"
+[[orgs]]
+name = "acme"
+members = [{ user = "alice", role = "write" }]
 "#,
         &[],
     );
     server.put_with_token("bob-token", "bob", "lib", "2.0", "lib.so", b"ELF");
-    let m = mount(&server, &[]);
-    assert_eq!(names(m.dir.path()), vec!["alice"]);
+    server.put_ok("acme", "shared", "1", "s", b"org file");
+    let m = mount(&server, &["--uid", "1234", "--gid", "4321"]);
+    // The user and the organisations the user belongs to.
+    assert_eq!(names(m.dir.path()), vec!["acme", "alice"]);
+    assert_eq!(std::fs::read(m.path("acme/shared/1/s")).unwrap(), b"org file");
+    let meta = std::fs::metadata(m.path("acme/shared/1/s")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1234, 4321));
     assert_eq!(std::fs::read(m.path("bob/lib/2.0/lib.so")).unwrap(), b"ELF");
     drop(m);
     let m = mount(&server, &["--owner", "bob"]);
-    assert_eq!(names(m.dir.path()), vec!["alice", "bob"]);
+    assert_eq!(names(m.dir.path()), vec!["acme", "alice", "bob"]);
 }
 
 #[test]
@@ -100,6 +108,8 @@ fn paginates_121_versions_and_matches_names_case_insensitively() {
         server.put_ok("alice", "many", &format!("1.0.{i}"), "f", b"v");
     }
     server.put_ok("alice", "MyPkg", "V1", "File.BIN", b"case");
+    // A version with a slash (%2F survives Gitea's routing) is never shown.
+    server.put_ok("alice", "many", "bad/version", "f", b"v");
     let m = mount(&server, &[]);
     assert_eq!(names(&m.path("alice/many")).len(), 121);
     assert_eq!(names(&m.path("alice")), vec!["MyPkg", "many"]);
