@@ -92,7 +92,10 @@ members = [{ user = "alice", role = "write" }]
     let m = mount(&server, &["--uid", "1234", "--gid", "4321"]);
     // The user and the organisations the user belongs to.
     assert_eq!(names(m.dir.path()), vec!["acme", "alice"]);
-    assert_eq!(std::fs::read(m.path("acme/shared/1/s")).unwrap(), b"org file");
+    assert_eq!(
+        std::fs::read(m.path("acme/shared/1/s")).unwrap(),
+        b"org file"
+    );
     let meta = std::fs::metadata(m.path("acme/shared/1/s")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1234, 4321));
     assert_eq!(std::fs::read(m.path("bob/lib/2.0/lib.so")).unwrap(), b"ELF");
@@ -475,4 +478,47 @@ visibility = "private"
         std::fs::read(c.path("carol/secret/1/s")).unwrap(),
         b"secret"
     );
+}
+
+#[test]
+fn server_that_ignores_range_still_gives_the_right_bytes() {
+    let server = TestServer::start(&["--no-range"]);
+    let src = data(3 * 1024 * 1024 + 17, 21);
+    server.put_ok("alice", "nr", "1", "f", &src);
+    let m = mount(&server, &[]);
+    let mut f = std::fs::File::open(m.path("alice/nr/1/f")).unwrap();
+    for off in [2 * 1024 * 1024u64, 5, 3 * 1024 * 1024] {
+        f.seek(SeekFrom::Start(off)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = f.read(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..n],
+            &src[off as usize..(off as usize + n)],
+            "offset {off}"
+        );
+        assert!(n > 0);
+    }
+    drop(f);
+    assert_eq!(
+        sha256_hex(&std::fs::read(m.path("alice/nr/1/f")).unwrap()),
+        sha256_hex(&src)
+    );
+}
+
+#[test]
+fn anonymous_read_of_a_private_owner_is_eacces() {
+    let server = TestServer::start_with_config(
+        r#"
+[[users]]
+name = "alice"
+visibility = "private"
+  [[users.tokens]]
+  value_env = "PKGFS_SERVE_TOKEN"
+"#,
+        &["--v1-anonymous-read"],
+    );
+    server.put_ok("alice", "p", "1", "f", b"private");
+    let m = Mount::start(&server.url, None, &["--owner", "alice"]);
+    let e = std::fs::read_dir(m.path("alice")).map(|_| ()).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
 }

@@ -479,9 +479,54 @@ fn published_file_is_read_back_from_the_cache_without_a_download() {
     let src = tempfile::tempdir().unwrap();
     let bytes = data(2 * 1024 * 1024 + 3, 77);
     let f = write_local(src.path(), "f.bin", &bytes);
-    ok(&sh(&format!("cp {} {}/", f.display(), m.path("alice/rb/1.0").display())));
+    ok(&sh(&format!(
+        "cp {} {}/",
+        f.display(),
+        m.path("alice/rb/1.0").display()
+    )));
     server.reset_now();
     assert_eq!(std::fs::read(m.path("alice/rb/1.0/f.bin")).unwrap(), bytes);
     assert_eq!(server.stats_now()["file_get"].as_u64(), Some(0));
     assert_eq!(std::fs::read_dir(m.cache.join("blobs")).unwrap().count(), 1);
+}
+
+#[test]
+fn proxy_body_limit_is_efbig_and_concurrent_first_uploads_all_land() {
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    std::fs::create_dir_all(m.path("alice/lim/1.0")).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let f = write_local(src.path(), "f.bin", b"too big for the proxy");
+    server.fault_now(
+        serde_json::json!({"kind": "status", "status": 413, "count": 1, "method": "PUT"}),
+    );
+    let out = sh(&format!(
+        "cp {} {}/",
+        f.display(),
+        m.path("alice/lim/1.0").display()
+    ));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("File too large"),
+        "{out:?}"
+    );
+
+    // Eight files copied at once into one new version (serialised first
+    // upload, §9 rule 13): all of them are published.
+    std::fs::create_dir_all(m.path("alice/lim/2.0")).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let dest = m.path(&format!("alice/lim/2.0/c{i}"));
+            std::thread::spawn(move || std::fs::write(dest, data(10_000 + i, i as u64)))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    for i in 0..8 {
+        assert_eq!(
+            remote(&server, "alice", "lim", "2.0", &format!("c{i}")).unwrap(),
+            data(10_000 + i, i as u64)
+        );
+    }
 }

@@ -97,6 +97,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_head: bool,
 
+    /// Gitea 1.17 or a proxy without range support: `Range` headers are
+    /// ignored and every GET answers 200 with the whole file.
+    #[arg(long)]
+    pub no_range: bool,
+
     /// Gitea < 1.24 and Forgejo: no v1 "list versions" and "latest"
     /// endpoints (404).
     #[arg(long)]
@@ -156,6 +161,7 @@ pub(crate) struct Profile {
     pub legacy_duplicates: bool,
     pub size_key: SizeKey,
     pub head: bool,
+    pub range: bool,
     pub versions_endpoint: bool,
     pub v1_anonymous_read: bool,
     pub forgejo: bool,
@@ -258,6 +264,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             legacy_duplicates: args.legacy_duplicates,
             size_key: args.size_key,
             head: !args.no_head,
+            range: !args.no_range,
             versions_endpoint: !args.no_versions_endpoint,
             v1_anonymous_read: args.v1_anonymous_read,
             forgejo: args.forgejo,

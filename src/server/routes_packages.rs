@@ -256,9 +256,13 @@ async fn download(
         }
         return r;
     }
+    let mut req_headers = parts.headers.clone();
+    if !app.profile.range {
+        req_headers.remove(header::RANGE);
+    }
     serve_file::serve(
         &parts.method,
-        &parts.headers,
+        &req_headers,
         headers,
         Content {
             file: opened,
