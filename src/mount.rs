@@ -24,6 +24,19 @@ use crate::registry::{self, Client, ClientConfig};
 /// Options of `pkgfs mount`. The token comes from the environment variable
 /// `PKGFS_TOKEN` or from `--token-file`, never from the command line.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Environment:
+  PKGFS_TOKEN   access token (scopes read:package, write:package to publish,
+                read:user and read:organization to list your owners)
+  RUST_LOG      log filter, e.g. pkgfs=debug
+
+Reading: cat/cp/tar files; they are fetched on demand, verified against their
+sha256 and cached. Publishing: mkdir -p OWNER/PACKAGE/VERSION, then cp files into
+it; close() returns 0 only once the registry has the file. Existing files are
+never replaced (EEXIST). Unmount with `fusermount3 -u MOUNTPOINT`.
+
+Exit status: 0 mounted (or unmounted cleanly with --foreground), 1 the mount
+failed (reason on stderr), 2 usage error.")]
 pub struct MountArgs {
     /// Registry base URL (Gitea/Forgejo APP_URL), e.g. https://gitea.example.com/
     pub url: String,
