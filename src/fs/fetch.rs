@@ -489,6 +489,8 @@ impl Fetch {
                     }
                 }
                 done = end;
+                // Readers waiting for the verdict count this as progress.
+                self.progress.send_modify(|v| *v += 1);
                 continue;
             }
             if tokio::time::timeout(IDLE, rx.changed()).await.is_err() {
