@@ -20,29 +20,31 @@ use crate::fs::{errno_name, Attr, Fs, FsError, FsResult, Invalidate};
 /// Largest read and write the kernel is asked to send in one request.
 const MAX_IO: u32 = 1024 * 1024;
 
-/// Kernel dentry invalidation through the session's notifier. Sent from
-/// a blocking task: the kernel may hold a directory lock until the request
-/// being answered returns.
+/// Kernel dentry invalidation through the session's notifier. Sent
+/// synchronously, so that when the syscall being answered returns the name
+/// is already gone; `crate::fs` only asks from `flush`/`release`, where the
+/// kernel holds no directory lock (a notification about a directory whose
+/// lock the kernel holds for the request in flight would deadlock).
 pub struct KernelInvalidator {
     notifier: fuser::Notifier,
-    rt: Handle,
 }
 
 impl KernelInvalidator {
-    pub fn new(notifier: fuser::Notifier, rt: Handle) -> KernelInvalidator {
-        KernelInvalidator { notifier, rt }
+    pub fn new(notifier: fuser::Notifier) -> KernelInvalidator {
+        KernelInvalidator { notifier }
     }
 }
 
 impl Invalidate for KernelInvalidator {
     fn entry(&self, parent: u64, name: &str) {
-        let n = self.notifier.clone();
-        let name = name.to_string();
-        self.rt.spawn_blocking(move || {
-            if let Err(e) = n.inval_entry(INodeNo(parent), OsStr::new(&name)) {
-                tracing::debug!(error = %e, name, "kernel entry invalidation failed");
-            }
-        });
+        let send = || self.notifier.inval_entry(INodeNo(parent), OsStr::new(name));
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(send),
+            Err(_) => send(),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, name, "kernel entry invalidation failed");
+        }
     }
 }
 

@@ -331,10 +331,7 @@ fn serve_mount(
         &config,
     )
     .map_err(|e| anyhow!("cannot mount on {}: {e}", mountpoint.display()))?;
-    fs.set_invalidator(Box::new(KernelInvalidator::new(
-        session.notifier(),
-        rt.handle().clone(),
-    )));
+    fs.set_invalidator(Box::new(KernelInvalidator::new(session.notifier())));
     let bg = session.spawn()?;
     tracing::info!(url = %url, mountpoint = %mountpoint.display(), "mounted");
     if let Some(mut w) = ready.take() {

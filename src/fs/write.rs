@@ -312,7 +312,7 @@ impl Fs {
         if !wrote {
             return Ok(()); // see the module comment: publish at release
         }
-        self.publish(&w).await
+        self.publish(&w, true).await
     }
 
     /// Last close of a handle: publishes a file that never saw a flush
@@ -321,14 +321,16 @@ impl Fs {
         let open = matches!(lock(&w.state).phase, Phase::Open);
         let others = Arc::strong_count(&w) > 2; // `writers` map + this one
         if open && !others {
-            if let Err(e) = self.publish(&w).await {
+            if let Err(e) = self.publish(&w, true).await {
                 tracing::warn!(error = %e, "publishing at release failed");
             }
         }
     }
 
     /// Uploads the spool under the file's current name (§9 rules 5, 6, 13).
-    async fn publish(&self, w: &Arc<Writer>) -> FsResult<()> {
+    /// On failure the name is dropped from the kernel's cache too when
+    /// `forget` is set (only from close paths, which hold no directory lock).
+    async fn publish(&self, w: &Arc<Writer>, forget: bool) -> FsResult<()> {
         let _one = w.publishing.lock().await;
         match lock(&w.state).phase.clone() {
             Phase::Published => return Ok(()),
@@ -369,7 +371,9 @@ impl Fs {
                 lock(&w.state).phase = Phase::Failed(e.clone());
                 lock(&self.writers).remove(&w.ino);
                 lock(&self.tree).remove_child(node.parent, &node.file);
-                self.forget_entry(node.parent, &node.file);
+                if forget {
+                    self.forget_entry(node.parent, &node.file);
+                }
                 let _ = std::fs::remove_file(&w.spool);
                 Err(e)
             }
@@ -594,7 +598,7 @@ impl Fs {
         if is_scratch(newname) {
             return Ok(());
         }
-        self.publish(&w).await
+        self.publish(&w, false).await
     }
 }
 
