@@ -105,7 +105,7 @@ fn publishes_with_cp_mv_dd_tee_shell_python_and_touch() {
     ok(&sh(&format!("touch {}/empty", v.display())));
     // An empty file is published when its last descriptor is released.
     let mut got = None;
-    for _ in 0..100 {
+    for _ in 0..500 {
         got = remote(&server, "alice", "tool", "1.0", "empty");
         if got.is_some() {
             break;
