@@ -199,8 +199,12 @@ impl Filesystem for FuseFs {
         let write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY;
         self.spawn(move |fs| async move {
             match fs.open(ino.0, write).await {
-                // Published files never change: keep the page cache.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                // Published files never change: keep the page cache once
+                // the bytes are verified (served from the disk cache).
+                Ok(fh) if fs.keep_page_cache(fh) => {
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("open", &e)),
             }
         });

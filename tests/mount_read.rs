@@ -408,13 +408,37 @@ fn dead_registry_gives_eio_within_the_timeout_and_recovers() {
         "took {:?}",
         t.elapsed()
     );
+    let t = Instant::now();
     let err = std::fs::read(m.path("alice/dead/1/f")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "cat took {:?}",
+        t.elapsed()
+    );
+    // `ls` of a directory never listed, with the real tool.
+    let t = Instant::now();
+    let out = Command::new("ls").arg(m.path("alice")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Input/output error"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "ls took {:?}",
+        t.elapsed()
+    );
     server.restart();
+    // The same mount works again, without a remount.
     assert_eq!(
         std::fs::read(m.path("alice/dead/1/f")).unwrap(),
         data(1000, 1)
     );
+    let out = Command::new("ls").arg(m.path("alice")).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "dead");
 }
 
 #[test]

@@ -275,8 +275,9 @@ fn failed_upload_fails_close_and_mv_keeps_the_source() {
     std::fs::create_dir_all(m.path("alice/fail/1.0")).unwrap();
     let src = tempfile::tempdir().unwrap();
     let f = write_local(src.path(), "x.bin", &data(100_000, 4));
+    // Two 500s: one is survived (listing check, then one more PUT).
     server.fault_now(
-        serde_json::json!({"kind": "status", "status": 500, "count": 1, "method": "PUT"}),
+        serde_json::json!({"kind": "status", "status": 500, "count": 2, "method": "PUT"}),
     );
     let out = sh(&format!(
         "mv {} {}/",

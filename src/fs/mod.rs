@@ -523,6 +523,14 @@ impl Fs {
             })
     }
 
+    /// Whether the kernel may keep its page cache of this handle's file
+    /// across opens: not for a download in flight, whose pages are not
+    /// verified yet (a download that fails its sha256 check must not
+    /// leave wrong bytes in the page cache for the next open to see).
+    pub fn keep_page_cache(&self, fh: u64) -> bool {
+        !matches!(self.handle(fh).as_deref(), Ok(Handle::Remote(_)))
+    }
+
     /// The shared download of a file, created on first use.
     fn fetch_for(&self, node: &Node) -> FsResult<Arc<Fetch>> {
         let mut fetches = lock(&self.fetches);

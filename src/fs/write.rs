@@ -266,9 +266,14 @@ impl Fs {
                 "the file is already published (or failed to publish); published files cannot change",
             ));
         }
-        w.file
-            .write_all_at(data, offset)
-            .map_err(|e| FsError::io(e, "write spool file"))?;
+        if let Err(e) = w.file.write_all_at(data, offset) {
+            // The spool is incomplete (ENOSPC, EIO): the file must never be
+            // published, so close() reports the failure and sends nothing.
+            let e = FsError::io(e, "write spool file");
+            tracing::warn!(error = %e, "write failed; the file will not be published");
+            st.phase = Phase::Failed(e.clone());
+            return Err(e);
+        }
         st.size = st.size.max(offset + data.len() as u64);
         st.wrote = true;
         let size = st.size;
@@ -334,7 +339,10 @@ impl Fs {
         let _one = w.publishing.lock().await;
         match lock(&w.state).phase.clone() {
             Phase::Published => return Ok(()),
-            Phase::Failed(e) => return Err(e),
+            Phase::Failed(e) => {
+                self.discard(w, forget);
+                return Err(e);
+            }
             Phase::Open => {}
         }
         let node = self.node(w.ino)?;
@@ -396,6 +404,25 @@ impl Fs {
             .filter(|s| crate::cache::is_sha256(s))
     }
 
+    /// Drops a file that failed before publishing (a failed write): its
+    /// name, its writer and its spool. Idempotent.
+    fn discard(&self, w: &Arc<Writer>, forget: bool) {
+        {
+            let mut writers = lock(&self.writers);
+            if writers.get(&w.ino).is_some_and(|x| Arc::ptr_eq(x, w)) {
+                writers.remove(&w.ino);
+            }
+        }
+        let node = lock(&self.tree).get(w.ino).cloned();
+        if let Some(node) = node.filter(|n| n.local && n.kind == Kind::File) {
+            lock(&self.tree).remove_child(node.parent, &node.file);
+            if forget {
+                self.forget_entry(node.parent, &node.file);
+            }
+        }
+        let _ = std::fs::remove_file(&w.spool);
+    }
+
     /// The PUT and the interpretation of its outcome: the sha256 of the
     /// published file when known.
     async fn upload(
@@ -415,56 +442,100 @@ impl Fs {
             Some(l) => Some(l.lock().await),
             None => None,
         };
-        match self.client.upload(fref, &w.spool, size).await {
-            // The registry hashed what it received; ask rather than hash
-            // the spool again (an unknown sha256 just skips the cache).
-            Ok(()) => Ok(self.remote_sha256(fref, size).await),
-            Err(registry::Error::BadRequest(msg)) => {
-                // Local validation passed: most likely the 1.17-style
-                // "package version already exists" (§9 rule 6).
-                match self
-                    .client
-                    .list_files(&fref.owner, &fref.name, &fref.version)
-                    .await
-                {
-                    Ok(files) if !files.is_empty() => Err(FsError::new(
-                        libc::EEXIST,
-                        format!(
-                            "{}: the registry refused it as a duplicate: {msg}",
-                            node.path()
-                        ),
-                    )),
-                    _ => Err(FsError::new(
-                        libc::EINVAL,
-                        format!("{}: {msg}", node.path()),
-                    )),
-                }
-            }
-            Err(e @ (registry::Error::Network(_) | registry::Error::Timeout(_))) => {
-                // The answer was lost: did the registry get the file? (no
-                // blind retry, §9 rule 5)
-                let local = {
-                    let f = w.file.try_clone().map_err(|e| FsError::io(e, "spool"))?;
-                    tokio::task::spawn_blocking(move || crate::cache::sha256_file(&f))
+        let mut retried = false;
+        loop {
+            let err = match self.client.upload(fref, &w.spool, size).await {
+                // The registry hashed what it received; ask rather than
+                // hash the spool again (an unknown sha256 skips the cache).
+                Ok(()) => return Ok(self.remote_sha256(fref, size).await),
+                Err(e) => e,
+            };
+            match err {
+                registry::Error::BadRequest(msg) => {
+                    // Local validation passed: most likely the 1.17-style
+                    // "package version already exists" (§9 rule 6).
+                    return match self
+                        .client
+                        .list_files(&fref.owner, &fref.name, &fref.version)
                         .await
-                        .map_err(|e| FsError::new(libc::EIO, e.to_string()))?
-                        .map_err(|e| FsError::io(e, "hash spool"))?
-                };
-                let files = self
-                    .client
-                    .list_files(&fref.owner, &fref.name, &fref.version)
-                    .await
-                    .unwrap_or_default();
-                let lower = fref.file.to_lowercase();
-                if files.iter().any(|f| {
-                    f.name.to_lowercase() == lower && f.sha256.eq_ignore_ascii_case(&local)
-                }) {
-                    tracing::info!(path = %node.path(), "connection lost after the upload, but the registry has the file");
-                    return Ok(Some(local));
+                    {
+                        Ok(files) if !files.is_empty() => Err(FsError::new(
+                            libc::EEXIST,
+                            format!(
+                                "{}: the registry refused it as a duplicate: {msg}",
+                                node.path()
+                            ),
+                        )),
+                        _ => Err(FsError::new(
+                            libc::EINVAL,
+                            format!("{}: {msg}", node.path()),
+                        )),
+                    };
                 }
-                Err(e.into())
+                e @ (registry::Error::Network(_)
+                | registry::Error::Timeout(_)
+                | registry::Error::Server { .. }) => {
+                    // The answer was lost or the server failed: did the
+                    // registry get the file? No blind retry (§9 rule 5):
+                    // ask the listing first, and PUT again at most once,
+                    // only when the file is absent (rule 13). A second PUT
+                    // cannot overwrite anything: a file that appeared in
+                    // the meantime answers 409.
+                    match self.check_uploaded(node, fref, w).await {
+                        Ok(Some(sha)) => {
+                            tracing::info!(path = %node.path(), "the upload failed ({e}), but the registry has the file");
+                            return Ok(Some(sha));
+                        }
+                        Ok(None) if !retried => {
+                            tracing::info!(path = %node.path(), error = %e, "upload failed and the registry does not have the file; retrying once");
+                            retried = true;
+                        }
+                        Ok(None) => return Err(e.into()),
+                        Err(check) if check.errno == libc::EEXIST => return Err(check),
+                        Err(check) => {
+                            tracing::warn!(path = %node.path(), error = %check, "cannot check whether the failed upload arrived");
+                            return Err(e.into());
+                        }
+                    }
+                }
+                e => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// After a failed PUT: `Some(sha)` when the registry lists the file
+    /// with the spool's sha256, `None` when it does not list the file.
+    /// A file of that name with other bytes is EEXIST.
+    async fn check_uploaded(
+        &self,
+        node: &Node,
+        fref: &FileRef,
+        w: &Writer,
+    ) -> FsResult<Option<String>> {
+        let local = {
+            let f = w.file.try_clone().map_err(|e| FsError::io(e, "spool"))?;
+            tokio::task::spawn_blocking(move || crate::cache::sha256_file(&f))
+                .await
+                .map_err(|e| FsError::new(libc::EIO, e.to_string()))?
+                .map_err(|e| FsError::io(e, "hash spool"))?
+        };
+        let files = match self
+            .client
+            .list_files(&fref.owner, &fref.name, &fref.version)
+            .await
+        {
+            Ok(f) => f,
+            Err(registry::Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let lower = fref.file.to_lowercase();
+        match files.iter().find(|f| f.name.to_lowercase() == lower) {
+            Some(f) if f.sha256.eq_ignore_ascii_case(&local) => Ok(Some(local)),
+            Some(_) => Err(FsError::new(
+                libc::EEXIST,
+                format!("{}: another upload published this name", node.path()),
+            )),
+            None => Ok(None),
         }
     }
 
