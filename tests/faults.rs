@@ -368,7 +368,23 @@ fn soak_with_one_percent_failures_reaches_no_application_and_does_not_leak() {
                 .iter()
                 .find(|f| f["name"] == name.as_str())
                 .unwrap_or_else(|| panic!("{v}/{name} missing on the registry"));
-            assert_eq!(f["sha256"].as_str(), Some(sha.as_str()), "{v}/{name}");
+            assert_eq!(
+                f["sha256"].as_str(),
+                Some(sha.as_str()),
+                "{v}/{name} size {}\n{}\n{}",
+                f["size"],
+                m.log_text()
+                    .lines()
+                    .filter(|l| l.contains(name.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                server
+                    .stderr_tail()
+                    .lines()
+                    .filter(|l| l.contains(name.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
         assert_eq!(
             listed.len(),
