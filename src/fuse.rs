@@ -255,12 +255,16 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Data reaches the registry at close(); the spool is local.
-        reply.ok();
+        if !self.fs.is_write_handle(fh.0) {
+            return reply.ok();
+        }
+        self.spawn(move |fs| async move {
+            reply_empty(reply, "fsync", fs.fsync(fh.0).await);
+        });
     }
 
     fn create(

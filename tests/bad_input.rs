@@ -82,7 +82,12 @@ fn random_names_get_clean_errors_and_never_a_put() {
             } && name.len() <= 255;
             let ops: [(&str, Option<i32>); 3] = [
                 ("stat", errno(std::fs::symlink_metadata(&p).map(|_| ()))),
-                ("create", errno(std::fs::File::create(&p).map(|_| ()))),
+                // fsync publishes the empty file now and reports the outcome
+                // (close() would leave it to the asynchronous release).
+                (
+                    "create",
+                    errno(std::fs::File::create(&p).and_then(|f| f.sync_all())),
+                ),
                 ("mkdir", errno(std::fs::create_dir(&p))),
             ];
             // `.` and `..` are resolved by the kernel (EISDIR for create);

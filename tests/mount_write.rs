@@ -252,6 +252,60 @@ fn existing_files_give_eexist_at_open_and_at_close() {
 }
 
 #[test]
+fn fsync_publishes_at_once_and_reports_the_outcome() {
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "sync", "1.0", "a.bin", b"first");
+    let m = mount(&server, &["--metadata-ttl", "600"]);
+    let v = m.path("alice/sync/1.0");
+    let _ = std::fs::read_dir(&v).unwrap().count();
+
+    // An empty file: published before fsync returns, not at release.
+    let f = std::fs::File::create(v.join("empty")).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(
+        remote(&server, "alice", "sync", "1.0", "empty").unwrap(),
+        b""
+    );
+    // Published files cannot change: later writes are refused.
+    let err = (&f).write_all(b"late").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    drop(f);
+
+    // Data written so far is published by fsync.
+    let mut g = std::fs::File::create(v.join("data.bin")).unwrap();
+    g.write_all(b"synced").unwrap();
+    g.sync_data().unwrap();
+    assert_eq!(
+        remote(&server, "alice", "sync", "1.0", "data.bin").unwrap(),
+        b"synced"
+    );
+    drop(g);
+
+    // Published by someone else after our listing: fsync says EEXIST, and
+    // the registry keeps their bytes.
+    server.put_ok("alice", "sync", "1.0", "late.bin", b"theirs");
+    let h = std::fs::File::create(v.join("late.bin")).unwrap();
+    let err = h.sync_all().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+    drop(h);
+    assert_eq!(
+        remote(&server, "alice", "sync", "1.0", "late.bin").unwrap(),
+        b"theirs"
+    );
+
+    // Scratch files stay local.
+    let s = std::fs::File::create(v.join(".tmp")).unwrap();
+    s.sync_all().unwrap();
+    drop(s);
+    let names: Vec<String> = server
+        .files("alice", "sync", "1.0")
+        .iter()
+        .filter_map(|f| f["name"].as_str().map(str::to_string))
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with('.')), "{names:?}");
+}
+
+#[test]
 fn invalid_names_are_einval_and_send_nothing() {
     let server = TestServer::start(&[]);
     let m = mount(&server, &[]);

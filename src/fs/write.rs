@@ -7,8 +7,9 @@
 //! `close()` returns only once the registry has answered. A flush before any
 //! write (a shell's `> file` closes a duplicate first) does not publish; if
 //! no write ever comes, the empty file is published when the last handle is
-//! released (`touch`). Names starting with `.` are local scratch files until
-//! renamed to a publishable name.
+//! released (`touch`), after `close()` returned, or at `fsync()`. Names
+//! starting with `.` are local scratch files until renamed to a publishable
+//! name.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -317,6 +318,18 @@ impl Fs {
         if !wrote {
             return Ok(()); // see the module comment: publish at release
         }
+        self.publish(&w, true).await
+    }
+
+    /// `fsync()`: publishes the file now, with or without data, and reports
+    /// the outcome (as mountpoint-s3 does). This is how an application
+    /// learns the fate of an empty file, which is otherwise published when
+    /// its last descriptor is released, after `close()` returned. Later
+    /// writes fail with EPERM; scratch files stay local.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let Ok(w) = self.writer_handle(fh) else {
+            return Ok(());
+        };
         self.publish(&w, true).await
     }
 
