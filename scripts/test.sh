@@ -27,4 +27,16 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # Tests that mount run several processes each (registry, daemon, tools):
 # two at a time fit 2 cores without starving the timing-bounded fault tests.
-cargo test --locked -- --test-threads="${PKGFS_TEST_THREADS:-2}"
+cargo test --locked --no-run
+# A watchdog: a hung syscall must fail the run, not stall CI. On expiry,
+# leftover test mounts (registry on 127.0.0.1, mountpoint under /tmp) are
+# lazily unmounted so that no process stays blocked on them.
+rc=0
+timeout -k 10 "${PKGFS_TEST_TIMEOUT:-600}" \
+  cargo test --locked -- --test-threads="${PKGFS_TEST_THREADS:-2}" || rc=$?
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+  echo "test.sh: the tests did not finish within ${PKGFS_TEST_TIMEOUT:-600} s (a hang)" >&2
+  awk '$1 ~ /^pkgfs:127\.0\.0\.1/ && $2 ~ /^\/tmp\// {print $2}' /proc/mounts |
+    while read -r m; do fusermount3 -uz "$m" || true; done
+fi
+exit "$rc"

@@ -70,6 +70,12 @@ pub struct MountArgs {
     /// Mount read-only: every write fails with EROFS.
     #[arg(long)]
     pub read_only: bool,
+    /// Upload each file with one PUT with Content-Length when it is closed.
+    /// By default a file written sequentially is streamed to the registry
+    /// (chunked) while it is written, so close() only waits for the tail;
+    /// use this for proxies that refuse chunked request bodies.
+    #[arg(long)]
+    pub upload_on_close: bool,
     /// Let other users access the mount (needs user_allow_other in
     /// /etc/fuse.conf unless root).
     #[arg(long)]
@@ -304,7 +310,9 @@ fn serve_mount(
             metadata_ttl: Duration::from_secs(args.metadata_ttl),
             owners: args.owners.clone(),
             prefetch_max: args.prefetch,
+            stream_uploads: !args.upload_on_close,
         },
+        rt.handle().clone(),
     ));
     fs.set_login(login);
 

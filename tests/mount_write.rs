@@ -305,6 +305,99 @@ fn fsync_publishes_at_once_and_reports_the_outcome() {
     assert!(!names.iter().any(|n| n.starts_with('.')), "{names:?}");
 }
 
+/// Waits until the registry has seen `n` file PUTs (requests started, not
+/// necessarily finished); false after 10 s.
+fn wait_for_puts(server: &TestServer, n: u64) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(10) {
+        if server.stats_now()["file_put"].as_u64().unwrap_or(0) >= n {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn sequential_writes_stream_the_upload_and_others_upload_at_close() {
+    use std::os::unix::fs::FileExt;
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    let v = m.path("alice/stream/1.0");
+    std::fs::create_dir_all(&v).unwrap();
+    server.reset_now();
+    let a = data(8 << 20, 1);
+
+    // Written sequentially: the PUT is under way before close().
+    let mut f = std::fs::File::create(v.join("seq.bin")).unwrap();
+    f.write_all(&a[..4 << 20]).unwrap();
+    assert!(
+        wait_for_puts(&server, 1),
+        "no PUT while the file was written"
+    );
+    assert!(
+        server.files("alice", "stream", "1.0").is_empty(),
+        "published before close"
+    );
+    f.write_all(&a[4 << 20..]).unwrap();
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    assert_eq!(unsafe { libc::close(fd) }, 0, "{}", m.log_text());
+    assert_eq!(
+        remote(&server, "alice", "stream", "1.0", "seq.bin").unwrap(),
+        a
+    );
+    assert_eq!(server.stats_now()["file_put"].as_u64(), Some(1));
+
+    // A write behind the end abandons the stream; close() uploads the final
+    // bytes, and the abandoned PUT left nothing (the registry refuses
+    // duplicates, so a stored partial file would have failed close()).
+    server.reset_now();
+    let mut g = std::fs::File::create(v.join("rewrite.bin")).unwrap();
+    g.write_all(&a[..2 << 20]).unwrap();
+    assert!(wait_for_puts(&server, 1));
+    g.write_all_at(b"XYZ", 100).unwrap();
+    g.write_all(&a[2 << 20..3 << 20]).unwrap();
+    let mut want = a[..3 << 20].to_vec();
+    want[100..103].copy_from_slice(b"XYZ");
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(g);
+    assert_eq!(unsafe { libc::close(fd) }, 0, "{}", m.log_text());
+    assert_eq!(
+        remote(&server, "alice", "stream", "1.0", "rewrite.bin").unwrap(),
+        want
+    );
+    assert_eq!(server.stats_now()["file_put"].as_u64(), Some(2));
+
+    // A truncate abandons it too.
+    let h = std::fs::File::create(v.join("cut.bin")).unwrap();
+    (&h).write_all(&a[..1 << 20]).unwrap();
+    h.set_len(1000).unwrap();
+    drop(h);
+    assert_eq!(
+        remote(&server, "alice", "stream", "1.0", "cut.bin").unwrap(),
+        &a[..1000]
+    );
+    // Every file is listed once, with the bytes written.
+    let listed = server.files("alice", "stream", "1.0");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let spool = std::fs::read_dir(m.cache.join("spool")).unwrap().count();
+    assert_eq!(spool, 0, "spool files left behind");
+    drop(m);
+
+    // --upload-on-close: nothing is sent before close().
+    let m = mount(&server, &["--upload-on-close"]);
+    server.reset_now();
+    let mut f = std::fs::File::create(m.path("alice/stream/1.0/late.bin")).unwrap();
+    f.write_all(&a[..4 << 20]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(server.stats_now()["file_put"].as_u64(), Some(0));
+    drop(f);
+    assert_eq!(
+        remote(&server, "alice", "stream", "1.0", "late.bin").unwrap(),
+        &a[..4 << 20]
+    );
+    assert_eq!(server.stats_now()["file_put"].as_u64(), Some(1));
+}
+
 #[test]
 fn invalid_names_are_einval_and_send_nothing() {
     let server = TestServer::start(&[]);

@@ -7,6 +7,7 @@
 mod error;
 mod fetch;
 mod tree;
+mod upstream;
 mod write;
 
 use std::collections::HashMap;
@@ -37,6 +38,9 @@ pub struct FsConfig {
     pub owners: Vec<String>,
     /// Upper bound of a stream's read-ahead window.
     pub prefetch_max: u64,
+    /// Stream uploads (chunked) while files are written sequentially,
+    /// instead of one PUT with `Content-Length` at close.
+    pub stream_uploads: bool,
 }
 
 /// Tells the kernel to drop a cached name: for entries that vanish other
@@ -105,6 +109,8 @@ pub struct Fs {
     /// Serialises the first uploads into a new version.
     version_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     invalidator: std::sync::OnceLock<Box<dyn Invalidate>>,
+    /// Where streamed uploads run (they start from a FUSE thread's write).
+    rt: tokio::runtime::Handle,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,7 +125,14 @@ fn parse_time(s: &str) -> SystemTime {
 }
 
 impl Fs {
-    pub fn new(client: Client, cache: Arc<Cache>, config: FsConfig) -> Fs {
+    /// `rt` runs the tasks that start outside of it (streamed uploads,
+    /// which begin in a write answered on a FUSE thread).
+    pub fn new(
+        client: Client,
+        cache: Arc<Cache>,
+        config: FsConfig,
+        rt: tokio::runtime::Handle,
+    ) -> Fs {
         Fs {
             client,
             cache,
@@ -134,6 +147,7 @@ impl Fs {
             writers: Mutex::new(HashMap::new()),
             version_locks: Mutex::new(HashMap::new()),
             invalidator: std::sync::OnceLock::new(),
+            rt,
         }
     }
 

@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use super::error::{FsError, FsResult};
 use super::tree::{ChildSpec, Ino, Kind, Node};
+use super::upstream::Upstream;
 use super::{lock, Attr, Fs, Handle};
 use crate::protocol::validate::{self, client_version_ok};
 use crate::registry::{self, FileRef};
@@ -37,6 +38,12 @@ struct WriterState {
     size: u64,
     /// Data was written since the writer was created.
     wrote: bool,
+    /// The first write was seen: a streamed upload starts then or never.
+    stream_decided: bool,
+    /// The streamed PUT of a file written sequentially so far.
+    upstream: Option<Upstream>,
+    /// Publication began: the content is final, writes are refused.
+    sealed: bool,
     phase: Phase,
 }
 
@@ -63,6 +70,14 @@ impl Writer {
 
     fn is_published(&self) -> bool {
         matches!(lock(&self.state).phase, Phase::Published)
+    }
+
+    /// The file will never be published (deleted, replaced, write failed):
+    /// a streamed upload in progress is aborted.
+    fn abandon(&self, reason: FsError) {
+        let mut st = lock(&self.state);
+        st.phase = Phase::Failed(reason);
+        st.upstream = None;
     }
 }
 
@@ -236,6 +251,9 @@ impl Fs {
             state: Mutex::new(WriterState {
                 size: 0,
                 wrote: false,
+                stream_decided: false,
+                upstream: None,
+                sealed: false,
                 phase: Phase::Open,
             }),
             publishing: tokio::sync::Mutex::new(()),
@@ -257,14 +275,21 @@ impl Fs {
         }
     }
 
-    /// Writes into the spool at any offset.
+    /// Writes into the spool at any offset. The first write, at offset 0,
+    /// starts a streamed upload (see `upstream`); a later write that is not
+    /// an append abandons it.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let w = self.writer_handle(fh)?;
+        let stream = if offset == 0 {
+            self.upstream_parts(&w)
+        } else {
+            None
+        };
         let mut st = lock(&w.state);
-        if !matches!(st.phase, Phase::Open) {
+        if !matches!(st.phase, Phase::Open) || st.sealed {
             return Err(FsError::new(
                 libc::EPERM,
-                "the file is already published (or failed to publish); published files cannot change",
+                "the file is already published (or being published, or failed to publish); published files cannot change",
             ));
         }
         if let Err(e) = w.file.write_all_at(data, offset) {
@@ -273,16 +298,81 @@ impl Fs {
             let e = FsError::io(e, "write spool file");
             tracing::warn!(error = %e, "write failed; the file will not be published");
             st.phase = Phase::Failed(e.clone());
+            st.upstream = None;
             return Err(e);
         }
+        let append = offset == st.size;
         st.size = st.size.max(offset + data.len() as u64);
         st.wrote = true;
         let size = st.size;
+        if !append && st.upstream.take().is_some() {
+            tracing::debug!(
+                ino = w.ino,
+                offset,
+                "write is not an append: the file will be uploaded at close"
+            );
+        }
+        if let Some(u) = &st.upstream {
+            u.advance(size);
+        }
+        if !st.stream_decided {
+            st.stream_decided = true;
+            if let Some((fref, hold)) = stream.filter(|_| append) {
+                match w.file.try_clone() {
+                    Ok(spool) => {
+                        tracing::debug!(file = %fref.file, "streaming the upload while the file is written");
+                        let client = self.client.clone();
+                        st.upstream = Some(Upstream::start(
+                            &self.rt,
+                            client,
+                            fref,
+                            Arc::new(spool),
+                            size,
+                            hold,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot stream the upload; uploading at close")
+                    }
+                }
+            }
+        }
         drop(st);
         if let Some(n) = lock(&self.tree).get_mut(w.ino) {
             n.size = size;
         }
         Ok(data.len() as u32)
+    }
+
+    /// What a streamed upload of `w` needs, if it may stream: a publishable
+    /// name, streaming enabled, and for the first file of a new version its
+    /// lock (§9 rule 13; when another upload holds it, this one waits for
+    /// `close()` instead).
+    fn upstream_parts(
+        &self,
+        w: &Writer,
+    ) -> Option<(FileRef, Option<tokio::sync::OwnedMutexGuard<()>>)> {
+        if !self.config.stream_uploads || lock(&w.state).stream_decided {
+            return None;
+        }
+        let node = lock(&self.tree).get(w.ino).cloned()?;
+        if is_scratch(&node.file) {
+            return None;
+        }
+        let fref = FileRef {
+            owner: node.owner.clone(),
+            name: node.name.clone(),
+            version: node.version.clone(),
+            file: node.file.clone(),
+        };
+        registry::validate_ref(&fref).ok()?;
+        let version_local = lock(&self.tree).get(node.parent).is_some_and(|v| v.local);
+        let hold = if version_local {
+            Some(self.version_lock(&node).try_lock_owned().ok()?)
+        } else {
+            None
+        };
+        Some((fref, hold))
     }
 
     /// `truncate`/`ftruncate` of a file being written; published files
@@ -299,10 +389,22 @@ impl Fs {
                 format!("{}: published files cannot change", node.path()),
             ));
         };
-        w.file
-            .set_len(size)
-            .map_err(|e| FsError::io(e, "truncate spool file"))?;
-        lock(&w.state).size = size;
+        {
+            let mut st = lock(&w.state);
+            if st.sealed {
+                return Err(FsError::new(
+                    libc::EPERM,
+                    format!("{}: the file is being published", node.path()),
+                ));
+            }
+            w.file
+                .set_len(size)
+                .map_err(|e| FsError::io(e, "truncate spool file"))?;
+            if size != st.size && st.upstream.take().is_some() {
+                tracing::debug!(ino, size, "truncated: the file will be uploaded at close");
+            }
+            st.size = size;
+        }
         if let Some(n) = lock(&self.tree).get_mut(ino) {
             n.size = size;
         }
@@ -350,7 +452,9 @@ impl Fs {
     /// `forget` is set (only from close paths, which hold no directory lock).
     async fn publish(&self, w: &Arc<Writer>, forget: bool) -> FsResult<()> {
         let _one = w.publishing.lock().await;
-        match lock(&w.state).phase.clone() {
+        // Not `match lock(..)`: the guard would live through the arms.
+        let phase = lock(&w.state).phase.clone();
+        match phase {
             Phase::Published => return Ok(()),
             Phase::Failed(e) => {
                 self.discard(w, forget);
@@ -362,14 +466,18 @@ impl Fs {
         if is_scratch(&node.file) {
             return Ok(()); // published when renamed to a real name
         }
-        let size = lock(&w.state).size;
+        let (size, upstream) = {
+            let mut st = lock(&w.state);
+            st.sealed = true;
+            (st.size, st.upstream.take())
+        };
         let fref = FileRef {
             owner: node.owner.clone(),
             name: node.name.clone(),
             version: node.version.clone(),
             file: node.file.clone(),
         };
-        let result = self.upload(&node, &fref, w, size).await;
+        let result = self.upload(&node, &fref, w, size, upstream).await;
         match result {
             Ok(sha) => {
                 lock(&w.state).phase = Phase::Published;
@@ -420,6 +528,7 @@ impl Fs {
     /// Drops a file that failed before publishing (a failed write): its
     /// name, its writer and its spool. Idempotent.
     fn discard(&self, w: &Arc<Writer>, forget: bool) {
+        lock(&w.state).upstream = None;
         {
             let mut writers = lock(&self.writers);
             if writers.get(&w.ino).is_some_and(|x| Arc::ptr_eq(x, w)) {
@@ -437,27 +546,36 @@ impl Fs {
     }
 
     /// The PUT and the interpretation of its outcome: the sha256 of the
-    /// published file when known.
+    /// published file when known. The first attempt is the streamed PUT
+    /// when there is one (sealed here at `size`).
     async fn upload(
         &self,
         node: &Node,
         fref: &FileRef,
         w: &Writer,
         size: u64,
+        mut upstream: Option<Upstream>,
     ) -> FsResult<Option<String>> {
         if let Err(e) = registry::validate_ref(fref) {
             return Err(e.into()); // EINVAL, nothing sent
         }
         // The first file of a new version: one PUT at a time (§9 rule 13).
+        // A streamed PUT holds the lock itself until it ends.
         let version_local = lock(&self.tree).get(node.parent).is_some_and(|v| v.local);
         let vlock = version_local.then(|| self.version_lock(node));
-        let _guard = match &vlock {
-            Some(l) => Some(l.lock().await),
-            None => None,
-        };
+        let mut guard = None;
         let mut retried = false;
         loop {
-            let err = match self.client.upload(fref, &w.spool, size).await {
+            let attempt = match upstream.take() {
+                Some(u) => u.finish(size).await,
+                None => {
+                    if let (None, Some(l)) = (&guard, &vlock) {
+                        guard = Some(Arc::clone(l).lock_owned().await);
+                    }
+                    self.client.upload(fref, &w.spool, size).await
+                }
+            };
+            let err = match attempt {
                 // The registry hashed what it received; ask rather than
                 // hash the spool again (an unknown sha256 skips the cache).
                 Ok(()) => return Ok(self.remote_sha256(fref, size).await),
@@ -588,8 +706,7 @@ impl Fs {
         if node.local {
             if let Some(w) = lock(&self.writers).remove(&node.ino) {
                 let _ = std::fs::remove_file(&w.spool);
-                lock(&w.state).phase =
-                    Phase::Failed(FsError::not_found("deleted before publishing"));
+                w.abandon(FsError::not_found("deleted before publishing"));
             }
         } else {
             let fref = FileRef {
@@ -671,14 +788,15 @@ impl Fs {
                     // Replacing another local file, as rename(2) does.
                     if let Some(old) = lock(&self.writers).remove(&target.ino) {
                         let _ = std::fs::remove_file(&old.spool);
-                        lock(&old.state).phase =
-                            Phase::Failed(FsError::not_found("replaced by rename"));
+                        old.abandon(FsError::not_found("replaced by rename"));
                     }
                     tree.remove_child(parent, newname);
                 }
             }
             tree.rename_child(parent, name, newname);
         }
+        // A streamed upload under the old name is abandoned.
+        lock(&w.state).upstream = None;
         if is_scratch(newname) {
             return Ok(());
         }

@@ -1,6 +1,7 @@
 //! File transfers on `/api/packages/{owner}/generic/...` (registry-api.md
 //! §4): ranged, streamed downloads that follow SERVE_DIRECT redirects,
-//! uploads streamed from disk, and deletes.
+//! uploads streamed from disk (whole, or chunked while being written), and
+//! deletes.
 
 use std::path::Path;
 
@@ -123,6 +124,30 @@ impl Client {
             .header(CONTENT_LENGTH, len)
             .body(Body::wrap_stream(stream))
             // The body may take long; the read timeout still bounds stalls.
+            .send()
+            .await
+            .map_err(|e| Error::from_reqwest(&e, &what))?;
+        super::check_status(resp, &Method::PUT, &url)
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(())
+    }
+
+    /// Uploads a body that is still being produced, with one chunked PUT
+    /// (no `Content-Length`; registry-api.md §4 accepts both). The stream
+    /// ends the body with `None`; an `Err` item aborts the request mid-body,
+    /// so the registry stores nothing. Never retried here.
+    pub async fn upload_stream<S>(&self, f: &FileRef, body: S) -> Result<()>
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        validate_ref(f)?;
+        let url = paths::file_url(&self.base, &f.owner, &f.name, &f.version, &f.file);
+        let what = describe(&Method::PUT, &url);
+        let resp = self
+            .request(Method::PUT, url.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(Body::wrap_stream(body))
             .send()
             .await
             .map_err(|e| Error::from_reqwest(&e, &what))?;
