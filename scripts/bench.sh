@@ -4,10 +4,21 @@
 # ratio pkgfs/reference measured in the same run.
 #   scripts/bench.sh           full run (1 GiB file, 5 runs per case)
 #   scripts/bench.sh --quick   small run (64 MiB, 3 runs), under a minute
+#   scripts/bench.sh --only cp,read   only these cases (read, warm, first,
+#                              fio, ls, cp, rclone); combines with --quick
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0; [ "${1:-}" = "--quick" ] && quick=1
+quick=0; only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --only) only=${2:?--only needs a list}; shift ;;
+    *) echo "usage: $0 [--quick] [--only read,warm,first,fio,ls,cp,rclone]" >&2; exit 2 ;;
+  esac
+  shift
+done
+want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 if [ $quick = 1 ]; then size_mb=64; runs=3; nfiles=200; nversions=300
 else size_mb=1024; runs=5; nfiles=1000; nversions=2000; fi
 
@@ -61,6 +72,7 @@ big=$work/big.bin
 head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$big"
 put bench/1/big.bin "$big"
 echo x >"$work/small"
+want ls || { nfiles=0; nversions=0; }
 for i in $(seq $nfiles); do echo "$api/many/1/f$i"; done |
   xargs -P 8 -I{} curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" --upload-file "$work/small" {} >/dev/null
 for i in $(seq $nversions); do echo "$api/p$((i % 20))/v$i/f"; done |
@@ -87,121 +99,139 @@ row() { rows+=("$(printf '| %-44s | %12s | %12s | %7s | %s' "$1" "$2" "$3" "$4" 
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 # 1. cold sequential read vs curl
-p=(); c=(); r=()
-for _ in $(seq $runs); do
-  do_mount
-  t0=$(now); dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
-  p+=("$(python3 -c "print($t1-$t0)")"); r+=("$(hwm)")
-  do_umount
-  t0=$(now); curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" -o /dev/null "$api/bench/1/big.bin"; t1=$(now)
-  c+=("$(python3 -c "print($t1-$t0)")")
-done
-h=()
-for _ in $(seq $runs); do
-  t0=$(now); curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" "$api/bench/1/big.bin" | sha256sum >/dev/null; t1=$(now)
-  h+=("$(python3 -c "print($t1-$t0)")")
-done
-hm=$(printf '%s\n' "${h[@]}" | median)
-pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
-row "cold sequential read ${size_mb} MiB, verified (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$hm))")" "$(ratio "$hm" "$pm")" "curl | sha256sum"
-row "cold sequential read ${size_mb} MiB (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$cm))")" "$(ratio "$cm" "$pm")" "curl; peak RSS $(printf '%s\n' "${r[@]}" | sort -n | tail -1) MiB"
+if want read; then
+  p=(); c=(); r=()
+  for _ in $(seq $runs); do
+    do_mount
+    t0=$(now); dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
+    p+=("$(python3 -c "print($t1-$t0)")"); r+=("$(hwm)")
+    do_umount
+    t0=$(now); curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" -o /dev/null "$api/bench/1/big.bin"; t1=$(now)
+    c+=("$(python3 -c "print($t1-$t0)")")
+  done
+  h=()
+  for _ in $(seq $runs); do
+    t0=$(now); curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" "$api/bench/1/big.bin" | sha256sum >/dev/null; t1=$(now)
+    h+=("$(python3 -c "print($t1-$t0)")")
+  done
+  hm=$(printf '%s\n' "${h[@]}" | median)
+  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+  row "cold sequential read ${size_mb} MiB, verified (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$hm))")" "$(ratio "$hm" "$pm")" "curl | sha256sum"
+  row "cold sequential read ${size_mb} MiB (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$cm))")" "$(ratio "$cm" "$pm")" "curl; peak RSS $(printf '%s\n' "${r[@]}" | sort -n | tail -1) MiB"
+fi
 
 # 2. warm re-read vs a local file
-do_mount
-dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none
-p=(); c=()
-cp "$big" "$work/local.bin"; cat "$work/local.bin" >/dev/null
-for _ in $(seq $runs); do
-  t0=$(now); dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")")
-  t0=$(now); dd if="$work/local.bin" of=/dev/null bs=1M status=none; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")")
-done
-pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
-row "warm re-read ${size_mb} MiB (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$cm))")" "$(ratio "$cm" "$pm")" "local file; peak RSS $(hwm) MiB"
-do_umount
+if want warm; then
+  do_mount
+  dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none
+  p=(); c=()
+  cp "$big" "$work/local.bin"; cat "$work/local.bin" >/dev/null
+  for _ in $(seq $runs); do
+    t0=$(now); dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")")
+    t0=$(now); dd if="$work/local.bin" of=/dev/null bs=1M status=none; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")")
+  done
+  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+  row "warm re-read ${size_mb} MiB (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$cm))")" "$(ratio "$cm" "$pm")" "local file; peak RSS $(hwm) MiB"
+  do_umount
+fi
 
 # 3. first byte: open + read 4 KiB (timed inside the process) vs curl's
 #    time to first byte
-p=(); c=()
-for _ in $(seq $runs); do
-  do_mount
-  ls "$mnt/alice/bench/1" >/dev/null
-  p+=("$(python3 -c "
-import time, sys
-t = time.perf_counter()
-with open(sys.argv[1], 'rb', buffering=0) as f:
-    f.read(4096)
-print((time.perf_counter() - t) * 1000)" "$mnt/alice/bench/1/big.bin")")
-  do_umount
-  c+=("$(curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" -o /dev/null -r 0-4095 -w '%{time_starttransfer}' "$api/bench/1/big.bin" | python3 -c "import sys; print(float(sys.stdin.read())*1000)")")
-done
-pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
-row "first byte of ${size_mb} MiB file (ms)" "$(printf %.2f "$pm")" "$(printf %.2f "$cm")" "$(python3 -c "print(f'+{$pm-$cm:.2f}ms')")" "open+read 4 KiB vs curl time_starttransfer"
+if want first; then
+  p=(); c=()
+  for _ in $(seq $runs); do
+    do_mount
+    ls "$mnt/alice/bench/1" >/dev/null
+    p+=("$(python3 -c "
+  import time, sys
+  t = time.perf_counter()
+  with open(sys.argv[1], 'rb', buffering=0) as f:
+      f.read(4096)
+  print((time.perf_counter() - t) * 1000)" "$mnt/alice/bench/1/big.bin")")
+    do_umount
+    c+=("$(curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" -o /dev/null -r 0-4095 -w '%{time_starttransfer}' "$api/bench/1/big.bin" | python3 -c "import sys; print(float(sys.stdin.read())*1000)")")
+  done
+  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+  row "first byte of ${size_mb} MiB file (ms)" "$(printf %.2f "$pm")" "$(printf %.2f "$cm")" "$(python3 -c "print(f'+{$pm-$cm:.2f}ms')")" "open+read 4 KiB vs curl time_starttransfer"
+fi
 
 # 4. random 4 KiB reads with fio, cold and warm
-if command -v fio >/dev/null 2>&1; then
-  for jobs in 1 4; do
-    do_mount
+if want fio; then
+  if command -v fio >/dev/null 2>&1; then
+    for jobs in 1 4; do
+      do_mount
+      reset
+      out=$(fio --name=r --filename="$mnt/alice/bench/1/big.bin" --rw=randread --bs=4k --size=${size_mb}M \
+        --numjobs=$jobs --time_based --runtime=5 --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
+      iops=$(echo "$out" | cut -d';' -f8)
+      sent=$(( $(stat_of bytes_sent) / 1024 / 1024 ))
+      row "fio randread 4k cold, $jobs job(s) (IOPS)" "$iops" "-" "-" "server sent ${sent} MiB; RSS $(hwm) MiB"
+      dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none
+      out=$(fio --name=r --filename="$mnt/alice/bench/1/big.bin" --rw=randread --bs=4k --size=${size_mb}M \
+        --numjobs=$jobs --time_based --runtime=5 --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
+      row "fio randread 4k warm, $jobs job(s) (IOPS)" "$(echo "$out" | cut -d';' -f8)" "-" "-" "RSS $(hwm) MiB"
+      do_umount
+    done
+  fi
+fi
+
+# 5. listings: ls -l of a version with many files, ls -lR of an owner
+if want ls; then
+  for what in "alice/many/1:ls -l of $nfiles files" "alice:ls -lR of $((nversions + 3)) versions"; do
+    path=${what%%:*}; label=${what#*:}
+    do_mount "" --metadata-ttl 600
     reset
-    out=$(fio --name=r --filename="$mnt/alice/bench/1/big.bin" --rw=randread --bs=4k --size=${size_mb}M \
-      --numjobs=$jobs --time_based --runtime=5 --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
-    iops=$(echo "$out" | cut -d';' -f8)
-    sent=$(( $(stat_of bytes_sent) / 1024 / 1024 ))
-    row "fio randread 4k cold, $jobs job(s) (IOPS)" "$iops" "-" "-" "server sent ${sent} MiB; RSS $(hwm) MiB"
-    dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none
-    out=$(fio --name=r --filename="$mnt/alice/bench/1/big.bin" --rw=randread --bs=4k --size=${size_mb}M \
-      --numjobs=$jobs --time_based --runtime=5 --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
-    row "fio randread 4k warm, $jobs job(s) (IOPS)" "$(echo "$out" | cut -d';' -f8)" "-" "-" "RSS $(hwm) MiB"
+    t0=$(now); ls -lR "$mnt/$path" >/dev/null; t1=$(now)
+    cold=$(python3 -c "print(round(($t1-$t0)*1000,1))"); creq=$(stat_of requests)
+    reset
+    t0=$(now); ls -lR "$mnt/$path" >/dev/null; t1=$(now)
+    warm=$(python3 -c "print(round(($t1-$t0)*1000,1))"); wreq=$(stat_of requests)
+    row "$label, cold / warm (ms)" "$cold / $warm" "-" "-" "requests: $creq cold, $wreq warm"
     do_umount
   done
 fi
 
-# 5. listings: ls -l of a version with many files, ls -lR of an owner
-for what in "alice/many/1:ls -l of $nfiles files" "alice:ls -lR of $((nversions + 3)) versions"; do
-  path=${what%%:*}; label=${what#*:}
-  do_mount "" --metadata-ttl 600
-  reset
-  t0=$(now); ls -lR "$mnt/$path" >/dev/null; t1=$(now)
-  cold=$(python3 -c "print(round(($t1-$t0)*1000,1))"); creq=$(stat_of requests)
-  reset
-  t0=$(now); ls -lR "$mnt/$path" >/dev/null; t1=$(now)
-  warm=$(python3 -c "print(round(($t1-$t0)*1000,1))"); wreq=$(stat_of requests)
-  row "$label, cold / warm (ms)" "$cold / $warm" "-" "-" "requests: $creq cold, $wreq warm"
-  do_umount
-done
-
 # 6. cp of the big file into the mount vs curl --upload-file
-p=(); c=(); n=0
-do_mount
-for _ in $(seq $runs); do
-  n=$((n+1))
-  mkdir -p "$mnt/alice/up/$n"
-  t0=$(now); cp "$big" "$mnt/alice/up/$n/"; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")")
-  t0=$(now); put "upc/$n/big.bin" "$big"; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")")
-done
-pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
-row "cp ${size_mb} MiB into the mount (s)" "$(printf %.2f "$pm")" "$(printf %.2f "$cm")" "$(ratio "$pm" "$cm")" "curl --upload-file; peak RSS $(hwm) MiB"
-do_umount
+if want cp; then
+  p=(); c=(); n=0
+  do_mount
+  # Each upload starts from clean page cache (sync: the previous run's
+  # dirty pages are not written back during this one), and the order
+  # alternates so that neither side always follows the other.
+  cp_once() { sync; t0=$(now); cp "$big" "$mnt/alice/up/$n/"; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")"); }
+  curl_once() { sync; t0=$(now); put "upc/$n/big.bin" "$big"; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")"); }
+  for _ in $(seq $runs); do
+    n=$((n+1))
+    mkdir -p "$mnt/alice/up/$n"
+    if [ $((n % 2)) = 1 ]; then cp_once; curl_once; else curl_once; cp_once; fi
+  done
+  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+  row "cp ${size_mb} MiB into the mount (s)" "$(printf %.2f "$pm")" "$(printf %.2f "$cm")" "$(ratio "$pm" "$cm")" "curl --upload-file; peak RSS $(hwm) MiB"
+  do_umount
+fi
 
 # 7. rclone mount of `rclone serve http` with the same file, where available
-if command -v rclone >/dev/null 2>&1; then
-  mkdir -p "$work/rsrc/bench" "$work/rmnt"; ln "$big" "$work/rsrc/bench/big.bin"
-  rclone serve http "$work/rsrc" --addr 127.0.0.1:18765 >/dev/null 2>&1 & rclone_pids+=($!)
-  sleep 1
-  for mode in off full; do
-    p=()
-    for _ in $(seq $runs); do
-      rclone mount --http-url http://127.0.0.1:18765 :http: "$work/rmnt" --vfs-cache-mode $mode \
-        --cache-dir "$work/rcache" >/dev/null 2>&1 & rpid=$!
-      for _ in $(seq 100); do grep -qs " $work/rmnt fuse" /proc/mounts && break; sleep 0.05; done
-      t0=$(now); dd if="$work/rmnt/bench/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
-      p+=("$(python3 -c "print($t1-$t0)")")
-      fusermount3 -u "$work/rmnt"; wait $rpid 2>/dev/null || true; rm -rf "$work/rcache"
+if want rclone; then
+  if command -v rclone >/dev/null 2>&1; then
+    mkdir -p "$work/rsrc/bench" "$work/rmnt"; ln "$big" "$work/rsrc/bench/big.bin"
+    rclone serve http "$work/rsrc" --addr 127.0.0.1:18765 >/dev/null 2>&1 & rclone_pids+=($!)
+    sleep 1
+    for mode in off full; do
+      p=()
+      for _ in $(seq $runs); do
+        rclone mount --http-url http://127.0.0.1:18765 :http: "$work/rmnt" --vfs-cache-mode $mode \
+          --cache-dir "$work/rcache" >/dev/null 2>&1 & rpid=$!
+        for _ in $(seq 100); do grep -qs " $work/rmnt fuse" /proc/mounts && break; sleep 0.05; done
+        t0=$(now); dd if="$work/rmnt/bench/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
+        p+=("$(python3 -c "print($t1-$t0)")")
+        fusermount3 -u "$work/rmnt"; wait $rpid 2>/dev/null || true; rm -rf "$work/rcache"
+      done
+      rm_=$(printf '%s\n' "${p[@]}" | median)
+      row "rclone mount cold read (vfs $mode) (MB/s)" "$(python3 -c "print(round($size_mb/$rm_))")" "-" "-" "for comparison with row 1"
     done
-    rm_=$(printf '%s\n' "${p[@]}" | median)
-    row "rclone mount cold read (vfs $mode) (MB/s)" "$(python3 -c "print(round($size_mb/$rm_))")" "-" "-" "for comparison with row 1"
-  done
-else
-  row "rclone" "-" "-" "-" "not installable here: skipped"
+  else
+    row "rclone" "-" "-" "-" "not installable here: skipped"
+  fi
 fi
 
 echo

@@ -89,7 +89,9 @@ fn to_attr(a: &Attr) -> FileAttr {
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
-        blksize: 128 * 1024,
+        // The preferred I/O size: cp, stdio and python size their buffers
+        // by it, so each FUSE request carries up to `MAX_IO` bytes.
+        blksize: MAX_IO,
         flags: 0,
     }
 }

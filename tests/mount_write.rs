@@ -636,6 +636,23 @@ fn published_file_is_read_back_from_the_cache_without_a_download() {
     assert_eq!(std::fs::read(m.path("alice/rb/1.0/f.bin")).unwrap(), bytes);
     assert_eq!(server.stats_now()["file_get"].as_u64(), Some(0));
     assert_eq!(std::fs::read_dir(m.cache.join("blobs")).unwrap().count(), 1);
+
+    // The same bytes under another name: one blob, both read locally, and
+    // the redundant spool is removed.
+    ok(&sh(&format!(
+        "cp {} {}/g.bin",
+        f.display(),
+        m.path("alice/rb/1.0").display()
+    )));
+    assert_eq!(std::fs::read(m.path("alice/rb/1.0/g.bin")).unwrap(), bytes);
+    assert_eq!(std::fs::read(m.path("alice/rb/1.0/f.bin")).unwrap(), bytes);
+    assert_eq!(server.stats_now()["file_get"].as_u64(), Some(0));
+    assert_eq!(std::fs::read_dir(m.cache.join("blobs")).unwrap().count(), 1);
+    let t = std::time::Instant::now();
+    while std::fs::read_dir(m.cache.join("spool")).unwrap().count() > 0 {
+        assert!(t.elapsed().as_secs() < 10, "the redundant spool stayed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

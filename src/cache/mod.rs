@@ -259,6 +259,16 @@ impl Cache {
             return fs::remove_file(path);
         };
         let dest = self.blob_path(sha256);
+        let known = self.lock().lru.get(sha256).is_some() && dest.exists();
+        if known {
+            // The same bytes are cached already. Renaming over them would
+            // free the old blob's blocks inside this call (seconds for a
+            // large file on ext4); the redundant copy goes in the background.
+            drop(reservation);
+            let path = path.to_path_buf();
+            std::thread::spawn(move || fs::remove_file(path));
+            return Ok(());
+        }
         fs::rename(path, &dest)?;
         let mut inner = self.lock();
         if let Some(old) = inner.lru.put(sha256.to_string(), size) {

@@ -11,7 +11,7 @@
 //! `close()`, as without streaming.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -42,8 +42,8 @@ pub(super) struct Upstream {
 }
 
 impl Upstream {
-    /// Starts the PUT of `fref` from `spool`, of which `avail` bytes are
-    /// written. `hold` is kept until the request ends (the version lock of
+    /// Starts the PUT of `fref` from `spool` (a descriptor of its own, read
+    /// from offset 0 on), of which `avail` bytes are written. `hold` is kept until the request ends (the version lock of
     /// a first upload, registry-api.md §9 rule 13).
     pub fn start<H: Send + 'static>(
         rt: &tokio::runtime::Handle,
@@ -110,17 +110,24 @@ async fn body_chunk(
             Feed::Aborted => break,
         };
         if sent < avail {
-            let len = (avail - sent).min(CHUNK) as usize;
+            let len = (avail - sent).min(CHUNK);
             let file = Arc::clone(&spool);
+            // The spool is read sequentially through its own descriptor
+            // (opened for this upload), so `read_to_end` fills the buffer
+            // without zeroing it first.
             let read = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, sent).map(|()| buf)
+                let mut buf = Vec::with_capacity(len as usize);
+                (&*file).take(len).read_to_end(&mut buf)?;
+                if buf.len() as u64 != len {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                }
+                Ok(buf)
             })
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);
             return Some(match read {
-                Ok(buf) => (Ok(Bytes::from(buf)), (spool, rx, sent + len as u64, false)),
+                Ok(buf) => (Ok(Bytes::from(buf)), (spool, rx, sent + len, false)),
                 Err(e) => (Err(e), (spool, rx, sent, true)),
             });
         }

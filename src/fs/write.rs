@@ -318,7 +318,7 @@ impl Fs {
         if !st.stream_decided {
             st.stream_decided = true;
             if let Some((fref, hold)) = stream.filter(|_| append) {
-                match w.file.try_clone() {
+                match File::open(&w.spool) {
                     Ok(spool) => {
                         tracing::debug!(file = %fref.file, "streaming the upload while the file is written");
                         let client = self.client.clone();
