@@ -69,6 +69,54 @@ fn lists_every_level_with_sizes_and_modes() {
 }
 
 #[test]
+fn a_path_resolves_without_listing_a_busy_owner() {
+    let server = TestServer::start(&[]);
+    // 120 packages: the owner listing alone would take three pages.
+    for i in 0..120 {
+        server.put_ok("alice", &format!("p{i}"), "1.0", "f", b"x");
+    }
+    for i in 0..30 {
+        server.put_ok("alice", "many", "1", &format!("f{i}"), b"yy");
+    }
+    let m = mount(&server, &["--metadata-ttl", "600"]);
+    server.reset_now();
+    // Cold `ls -l` of a version: the versions of its package, then its
+    // files. The root and the owner listings are not fetched.
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(m.path("alice/many/1"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 31);
+    assert_eq!(
+        server.stats_now()["v1"].as_u64(),
+        Some(2),
+        "{}",
+        m.log_text()
+    );
+    // Warm: nothing.
+    server.reset_now();
+    let _ = Command::new("ls")
+        .arg("-l")
+        .arg(m.path("alice/many/1"))
+        .output()
+        .unwrap();
+    assert_eq!(server.stats_now()["requests"].as_u64(), Some(0));
+    // A package that does not exist: ENOENT, and asked once.
+    for _ in 0..3 {
+        let e = std::fs::metadata(m.path("alice/nosuch")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+    assert_eq!(server.stats_now()["v1"].as_u64(), Some(1));
+    // The owner directory itself still lists every package, once.
+    let listed = names(&m.path("alice"));
+    assert_eq!(listed.len(), 121, "{listed:?}");
+    assert!(listed.contains(&"many".to_string()) && listed.contains(&"p119".to_string()));
+    assert_eq!(std::fs::read(m.path("alice/p7/1.0/f")).unwrap(), b"x");
+}
+
+#[test]
 fn other_owners_are_reachable_by_path_and_owner_option_lists_them() {
     // bob is a second public user; alice's token can read bob's packages.
     let server = TestServer::start_with_config(

@@ -221,6 +221,32 @@ impl Fs {
                 pnode.path()
             )));
         }
+        let cached = lock(&self.tree).is_fresh(parent, self.config.metadata_ttl);
+        if pnode.kind == Kind::Owner && !pnode.local && !cached {
+            return self.lookup_package(&pnode, name).await;
+        }
+        if pnode.kind == Kind::Root && !cached {
+            // The token's user and --owner names are in the root listing
+            // by definition: no need to fetch it to resolve them.
+            let login = lock(&self.login).clone();
+            let known = login
+                .iter()
+                .chain(&self.config.owners)
+                .find(|o| o.eq_ignore_ascii_case(name));
+            if let Some(owner) = known {
+                let spec = ChildSpec {
+                    name: owner.clone(),
+                    mtime: pnode.mtime,
+                    size: 0,
+                    sha256: String::new(),
+                };
+                let mut tree = lock(&self.tree);
+                let ino = tree.add_child(ROOT_INO, spec, false);
+                if let Some(n) = ino.and_then(|i| tree.get(i)) {
+                    return Ok(self.attr_of(n));
+                }
+            }
+        }
         self.ensure_listing(&pnode).await?;
         if let Some(n) = lock(&self.tree).child(parent, name) {
             return Ok(self.attr_of(n));
@@ -240,6 +266,61 @@ impl Fs {
             }
         }
         Err(FsError::not_found(format!("{}/{name}", pnode.path())))
+    }
+
+    /// A package in an owner whose listing is not cached: one versions
+    /// request, instead of the owner's whole listing (dozens of pages for a
+    /// busy owner) just to resolve a path. `readdir` of the owner still
+    /// fetches the whole listing. Absent names are remembered briefly.
+    async fn lookup_package(&self, owner: &Node, name: &str) -> FsResult<Attr> {
+        let ttl = self.config.metadata_ttl;
+        {
+            let tree = lock(&self.tree);
+            if let Some(n) = tree.child(owner.ino, name) {
+                if n.local || tree.is_fresh(n.ino, ttl) {
+                    return Ok(self.attr_of(n));
+                }
+            }
+        }
+        let missing = || FsError::not_found(format!("{}/{name}", owner.path()));
+        let key = format!("{}\0{name}", owner.owner).to_lowercase();
+        if let Some((at, _)) = lock(&self.probed).get(&key).copied() {
+            if at.elapsed() < self.negative_ttl() {
+                return Err(missing());
+            }
+        }
+        let versions = match self.client.list_versions(&owner.owner, name).await {
+            Ok(v) => v,
+            Err(registry::Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut tree = lock(&self.tree);
+        let Some(oldest) = versions.last() else {
+            if tree.child(owner.ino, name).is_some_and(|n| !n.local) {
+                tree.remove_child(owner.ino, name); // deleted meanwhile
+            }
+            lock(&self.probed).insert(key, (Instant::now(), false));
+            return Err(missing());
+        };
+        lock(&self.probed).remove(&key);
+        // As in the owner listing: the spelling of the first upload, the
+        // time of the newest version.
+        let mtime = versions
+            .iter()
+            .map(|p| parse_time(&p.created_at))
+            .max()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let spec = ChildSpec {
+            name: oldest.name.clone(),
+            mtime,
+            size: 0,
+            sha256: String::new(),
+        };
+        let ino = tree.add_child(owner.ino, spec, false).ok_or_else(missing)?;
+        tree.set_children(ino, version_specs(&versions));
+        let node = tree.get_mut(ino).ok_or_else(missing)?;
+        node.mtime = mtime;
+        Ok(self.attr_of(node))
     }
 
     /// Whether an owner not in the root listing exists (autofs-style),
