@@ -477,7 +477,7 @@ fn rm_rmdir_and_rm_r() {
     server.put_ok("alice", "del", "2.0", "c", b"c");
     server.put_ok("alice", "del", "3.0", "d", b"d");
     server.put_ok("alice", "keep", "1.0", "k", b"k");
-    let m = mount(&server, &[]);
+    let m = mount(&server, &["--metadata-ttl", "1"]);
     // rmdir of a version with files
     let e = std::fs::remove_dir(m.path("alice/del/1.0")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
@@ -498,6 +498,20 @@ fn rm_rmdir_and_rm_r() {
     assert!(remote(&server, "alice", "del", "2.0", "c").is_none());
     ok(&sh(&format!("rm -r {}", m.path("alice/del").display())));
     assert!(remote(&server, "alice", "del", "3.0", "d").is_none());
+    // Deleting a package's last file removes the package too (as on the
+    // registry): no longer listed, and rm -r's rmdirs still succeed.
+    server.put_ok("alice", "solo", "1.0", "s", b"s");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // listings expire
+    std::fs::remove_file(m.path("alice/solo/1.0/s")).unwrap();
+    let owner: Vec<String> = std::fs::read_dir(m.path("alice"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!owner.contains(&"solo".to_string()), "{owner:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::remove_dir(m.path("alice/solo/1.0")).unwrap();
+    std::fs::remove_dir(m.path("alice/solo")).unwrap();
+    assert!(std::fs::metadata(m.path("alice/solo")).is_err());
     // Placeholders: mkdir, rmdir.
     std::fs::create_dir_all(m.path("alice/new/0.1")).unwrap();
     std::fs::remove_dir(m.path("alice/new/0.1")).unwrap();

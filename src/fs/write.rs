@@ -125,11 +125,22 @@ impl Fs {
             self.ensure_listing(&pnode).await?;
         }
         let mut tree = lock(&self.tree);
-        if tree.child(parent, name).is_some() {
-            return Err(FsError::new(
-                libc::EEXIST,
-                format!("{}/{name}", pnode.path()),
-            ));
+        if let Some(existing) = tree.child(parent, name).map(|n| n.ino) {
+            // A directory that vanished with its last file but was not
+            // removed yet is simply shown again.
+            match tree.get_mut(existing) {
+                Some(n) if n.hidden && n.local => {
+                    n.hidden = false;
+                    let n = n.clone();
+                    return Ok(self.attr_of(&n));
+                }
+                _ => {
+                    return Err(FsError::new(
+                        libc::EEXIST,
+                        format!("{}/{name}", pnode.path()),
+                    ))
+                }
+            }
         }
         let spec = ChildSpec {
             name: name.to_string(),
@@ -173,14 +184,27 @@ impl Fs {
                 Err(e) => return Err(e.into()),
             }
         }
-        lock(&self.tree).remove_child(parent, name);
+        let mut tree = lock(&self.tree);
+        tree.remove_child(parent, name);
+        if node.kind == Kind::Version && !node.local && tree.children(parent).is_empty() {
+            // The package went away with its last version: an empty
+            // placeholder until rmdir, as for versions (so `rm -r` works).
+            if let Some(p) = tree.get_mut(parent).filter(|p| !p.local) {
+                p.local = true;
+                p.hidden = true;
+            }
+        }
         Ok(())
     }
 
     /// A child that must exist (lookup semantics, listing refreshed if stale).
     async fn child_node(&self, parent: Ino, name: &str) -> FsResult<Node> {
         let pnode = self.node(parent)?;
-        if !pnode.local {
+        if pnode.kind == Kind::Owner {
+            // As lookup does: a package is resolved by itself, without
+            // fetching the owner's whole listing.
+            self.lookup(parent, name).await?;
+        } else if !pnode.local {
             self.ensure_listing(&pnode).await?;
         }
         lock(&self.tree)
@@ -728,9 +752,17 @@ impl Fs {
         if version_gone {
             // Gone from the registry with its last file: no longer listed,
             // but an empty placeholder until rmdir (so `rm -r` works).
-            if let Some(v) = tree.get_mut(parent) {
+            let package = tree.get_mut(parent).map(|v| {
                 v.local = true;
                 v.hidden = true;
+                v.parent
+            });
+            // And so is the package when that was its last version.
+            if let Some(pkg) = package.filter(|&p| tree.children(p).is_empty()) {
+                if let Some(p) = tree.get_mut(pkg).filter(|p| !p.local) {
+                    p.local = true;
+                    p.hidden = true;
+                }
             }
         }
         Ok(())
