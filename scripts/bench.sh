@@ -143,11 +143,11 @@ if want first; then
     do_mount
     ls "$mnt/alice/bench/1" >/dev/null
     p+=("$(python3 -c "
-  import time, sys
-  t = time.perf_counter()
-  with open(sys.argv[1], 'rb', buffering=0) as f:
-      f.read(4096)
-  print((time.perf_counter() - t) * 1000)" "$mnt/alice/bench/1/big.bin")")
+import time, sys
+t = time.perf_counter()
+with open(sys.argv[1], 'rb', buffering=0) as f:
+    f.read(4096)
+print((time.perf_counter() - t) * 1000)" "$mnt/alice/bench/1/big.bin")")
     do_umount
     c+=("$(curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" -o /dev/null -r 0-4095 -w '%{time_starttransfer}' "$api/bench/1/big.bin" | python3 -c "import sys; print(float(sys.stdin.read())*1000)")")
   done

@@ -233,18 +233,8 @@ impl Fs {
                 .iter()
                 .chain(&self.config.owners)
                 .find(|o| o.eq_ignore_ascii_case(name));
-            if let Some(owner) = known {
-                let spec = ChildSpec {
-                    name: owner.clone(),
-                    mtime: pnode.mtime,
-                    size: 0,
-                    sha256: String::new(),
-                };
-                let mut tree = lock(&self.tree);
-                let ino = tree.add_child(ROOT_INO, spec, false);
-                if let Some(n) = ino.and_then(|i| tree.get(i)) {
-                    return Ok(self.attr_of(n));
-                }
+            if let Some(attr) = known.and_then(|o| self.add_owner(o, pnode.mtime)) {
+                return Ok(attr);
             }
         }
         self.ensure_listing(&pnode).await?;
@@ -252,20 +242,24 @@ impl Fs {
             return Ok(self.attr_of(n));
         }
         if pnode.kind == Kind::Root && self.probe_owner(name).await? {
-            let spec = ChildSpec {
-                name: name.to_string(),
-                mtime: pnode.mtime,
-                size: 0,
-                sha256: String::new(),
-            };
-            let mut tree = lock(&self.tree);
-            if let Some(ino) = tree.add_child(ROOT_INO, spec, false) {
-                if let Some(n) = tree.get(ino) {
-                    return Ok(self.attr_of(n));
-                }
+            if let Some(attr) = self.add_owner(name, pnode.mtime) {
+                return Ok(attr);
             }
         }
         Err(FsError::not_found(format!("{}/{name}", pnode.path())))
+    }
+
+    /// Adds an owner known to exist to the root (kept if already there).
+    fn add_owner(&self, name: &str, mtime: SystemTime) -> Option<Attr> {
+        let spec = ChildSpec {
+            name: name.to_string(),
+            mtime,
+            size: 0,
+            sha256: String::new(),
+        };
+        let mut tree = lock(&self.tree);
+        let ino = tree.add_child(ROOT_INO, spec, false)?;
+        tree.get(ino).map(|n| self.attr_of(n))
     }
 
     /// A package in an owner whose listing is not cached: one versions

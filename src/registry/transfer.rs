@@ -112,25 +112,11 @@ impl Client {
     /// retried here: the caller decides (§9 rule 5, no blind retry).
     pub async fn upload(&self, f: &FileRef, path: &Path, len: u64) -> Result<()> {
         validate_ref(f)?;
-        let url = paths::file_url(&self.base, &f.owner, &f.name, &f.version, &f.file);
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::Io(format!("open spool {}: {e}", path.display())))?;
         let stream = ReaderStream::with_capacity(file, 256 * 1024);
-        let what = describe(&Method::PUT, &url);
-        let resp = self
-            .request(Method::PUT, url.clone())
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, len)
-            .body(Body::wrap_stream(stream))
-            // The body may take long; the read timeout still bounds stalls.
-            .send()
-            .await
-            .map_err(|e| Error::from_reqwest(&e, &what))?;
-        super::check_status(resp, &Method::PUT, &url)
-            .await
-            .map_err(|(e, _)| e)?;
-        Ok(())
+        self.put(f, Some(len), Body::wrap_stream(stream)).await
     }
 
     /// Uploads a body that is still being produced, with one chunked PUT
@@ -142,12 +128,22 @@ impl Client {
         S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
         validate_ref(f)?;
+        self.put(f, None, Body::wrap_stream(body)).await
+    }
+
+    /// The PUT of both uploads. The body may take long; the read timeout
+    /// still bounds stalls.
+    async fn put(&self, f: &FileRef, len: Option<u64>, body: Body) -> Result<()> {
         let url = paths::file_url(&self.base, &f.owner, &f.name, &f.version, &f.file);
         let what = describe(&Method::PUT, &url);
-        let resp = self
+        let mut req = self
             .request(Method::PUT, url.clone())
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(Body::wrap_stream(body))
+            .header(CONTENT_TYPE, "application/octet-stream");
+        if let Some(len) = len {
+            req = req.header(CONTENT_LENGTH, len);
+        }
+        let resp = req
+            .body(body)
             .send()
             .await
             .map_err(|e| Error::from_reqwest(&e, &what))?;
