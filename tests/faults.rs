@@ -604,3 +604,70 @@ fn sigkilled_daemon_gives_enotconn_and_a_new_mount_reuses_the_cache() {
     let mode = std::fs::metadata(&cache).unwrap().mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+/// `--timeout` bounds stalls, not transfers: an upload that keeps moving
+/// (or waits for its writer) outlives it; a registry that stops answering
+/// does not hold `close()` for longer than about that.
+#[test]
+fn upload_timeout_counts_stalls_not_duration() {
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &["--timeout", "1"]);
+    let v = m.path("alice/slow/1");
+    std::fs::create_dir_all(&v).unwrap();
+    server.reset_now();
+    // A writer that pauses longer than the timeout: the streamed PUT waits.
+    let mut f = std::fs::File::create(v.join("paused.bin")).unwrap();
+    f.write_all(&data(MIB, 41)).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    f.write_all(&data(MIB, 42)).unwrap();
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    assert_eq!(unsafe { libc::close(fd) }, 0, "{}", m.log_text());
+    assert_eq!(
+        server.stats_now()["file_put"].as_u64(),
+        Some(1),
+        "{}",
+        m.log_text()
+    );
+    // An upload busy for longer than the timeout (both PUT forms).
+    let big = data(256 * MIB, 43);
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("big.bin"), &big).unwrap();
+    for (dir, args) in [("a", &[][..]), ("b", &["--upload-on-close"][..])] {
+        let m2 = mount(&server, &[&["--timeout", "1"][..], args].concat());
+        let d = m2.path(&format!("alice/slow/{dir}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let t = Instant::now();
+        let out = Command::new("cp")
+            .arg(src.path().join("big.bin"))
+            .arg(&d)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}\n{}", m2.log_text());
+        eprintln!(
+            "{dir}: 256 MiB published in {:?} with --timeout 1",
+            t.elapsed()
+        );
+        assert_eq!(
+            server
+                .get_opt("alice", "slow", dir, "big.bin")
+                .map(|b| sha256_hex(&b)),
+            Some(sha256_hex(&big))
+        );
+    }
+    // A registry that takes the body and then says nothing for 5 s: the
+    // PUT is given up after ~1 s; the listing shows no file, so it is sent
+    // once more, and that one succeeds.
+    server.fault_now(json!({"kind": "delay", "delay_ms": 5000, "count": 1, "method": "PUT"}));
+    let t = Instant::now();
+    std::fs::write(v.join("stalled.bin"), b"data").unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "close took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        server.get_opt("alice", "slow", "1", "stalled.bin").unwrap(),
+        b"data"
+    );
+    assert!(m.log_text().contains("no progress"), "{}", m.log_text());
+}

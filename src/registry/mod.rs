@@ -35,6 +35,8 @@ pub struct ClientConfig {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// Without a read timeout: for PUTs, whose stalls `transfer` watches.
+    upload_http: reqwest::Client,
     base: Url,
     timeout: Duration,
     anonymous: bool,
@@ -62,16 +64,25 @@ impl Client {
         }
         // reqwest's default redirect policy follows up to 10 hops, keeps
         // Range, and drops Authorization when host or port change (§7).
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .user_agent(concat!("pkgfs/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.timeout)
-            .read_timeout(config.timeout)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .tcp_nodelay(true)
-            .danger_accept_invalid_certs(config.insecure)
-            .build()
-            .map_err(|e| Error::Network(format!("cannot build HTTP client: {e}")))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .default_headers(headers.clone())
+                .user_agent(concat!("pkgfs/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(config.timeout)
+                .pool_idle_timeout(Duration::from_secs(50))
+                .tcp_nodelay(true)
+                .danger_accept_invalid_certs(config.insecure)
+        };
+        let built = |b: reqwest::ClientBuilder| {
+            b.build()
+                .map_err(|e| Error::Network(format!("cannot build HTTP client: {e}")))
+        };
+        let http = built(builder().read_timeout(config.timeout))?;
+        // Uploads: reqwest's read timeout runs while the body is being sent
+        // (the server says nothing until the end), so it would fail every
+        // upload longer than `timeout`. They get a stall timeout of their
+        // own instead (`transfer::put`).
+        let upload_http = built(builder())?;
         let mut base = config.base;
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -79,6 +90,7 @@ impl Client {
         }
         Ok(Client {
             http,
+            upload_http,
             base,
             timeout: config.timeout,
             anonymous: config.token.is_none(),

@@ -4,6 +4,9 @@
 //! deletes.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
@@ -116,7 +119,7 @@ impl Client {
             .await
             .map_err(|e| Error::Io(format!("open spool {}: {e}", path.display())))?;
         let stream = ReaderStream::with_capacity(file, 256 * 1024);
-        self.put(f, Some(len), Body::wrap_stream(stream)).await
+        self.put(f, Some(len), stream).await
     }
 
     /// Uploads a body that is still being produced, with one chunked PUT
@@ -128,28 +131,49 @@ impl Client {
         S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
         validate_ref(f)?;
-        self.put(f, None, Body::wrap_stream(body)).await
+        self.put(f, None, body).await
     }
 
-    /// The PUT of both uploads. The body may take long; the read timeout
-    /// still bounds stalls.
-    async fn put(&self, f: &FileRef, len: Option<u64>, body: Body) -> Result<()> {
+    /// The PUT of both uploads. It fails with `Timeout` only when it makes
+    /// no progress for `timeout`: no body bytes taken by the connection
+    /// while the body had some to give, or no answer after the body ended.
+    /// Time spent waiting for the body itself (the disk, or a writer that
+    /// pauses) does not count.
+    async fn put<S>(&self, f: &FileRef, len: Option<u64>, body: S) -> Result<()>
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
         let url = paths::file_url(&self.base, &f.owner, &f.name, &f.version, &f.file);
         let what = describe(&Method::PUT, &url);
+        let progress = Arc::new(Progress::new());
         let mut req = self
+            .upload_http
             .request(Method::PUT, url.clone())
             .header(CONTENT_TYPE, "application/octet-stream");
         if let Some(len) = len {
             req = req.header(CONTENT_LENGTH, len);
         }
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Error::from_reqwest(&e, &what))?;
-        super::check_status(resp, &Method::PUT, &url)
-            .await
-            .map_err(|(e, _)| e)?;
+        let send = req.body(Body::wrap_stream(progress.watch(body))).send();
+        tokio::pin!(send);
+        let mut tick = tokio::time::interval((self.timeout / 4).max(Duration::from_millis(10)));
+        let resp = loop {
+            tokio::select! {
+                r = &mut send => break r.map_err(|e| Error::from_reqwest(&e, &what))?,
+                _ = tick.tick() => {
+                    if progress.stalled_for() > self.timeout {
+                        return Err(Error::Timeout(format!(
+                            "{what}: no progress for {} s",
+                            self.timeout.as_secs()
+                        )));
+                    }
+                }
+            }
+        };
+        let checked =
+            tokio::time::timeout(self.timeout, super::check_status(resp, &Method::PUT, &url))
+                .await
+                .map_err(|_| Error::Timeout(format!("{what}: the answer stalled")))?;
+        checked.map_err(|(e, _)| e)?;
         Ok(())
     }
 
@@ -167,6 +191,57 @@ impl Client {
         self.send_idempotent(Method::DELETE, &url, |r| r)
             .await
             .map(|_| ())
+    }
+}
+
+/// When a request body last moved, for `Client::put`'s stall timeout.
+struct Progress {
+    start: Instant,
+    /// Milliseconds after `start` of the last step of the body.
+    last_ms: AtomicU64,
+    /// The body is waiting for its own source (disk, writer), not for the
+    /// network.
+    waiting_for_source: AtomicBool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            waiting_for_source: AtomicBool::new(false),
+        }
+    }
+
+    fn stalled_for(&self) -> Duration {
+        if self.waiting_for_source.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+
+    /// `body`, noting each step: a chunk or the end taken (progress), or
+    /// the body itself not ready (not a stall).
+    fn watch<S>(
+        self: &Arc<Self>,
+        body: S,
+    ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        let me = Arc::clone(self);
+        let mut body = Box::pin(body);
+        futures_util::stream::poll_fn(move |cx| {
+            let r = body.as_mut().poll_next(cx);
+            let waiting = r.is_pending();
+            if !waiting {
+                let ms = me.start.elapsed().as_millis() as u64;
+                me.last_ms.store(ms, Ordering::Relaxed);
+            }
+            me.waiting_for_source.store(waiting, Ordering::Relaxed);
+            r
+        })
     }
 }
 
