@@ -33,7 +33,7 @@ cargo test --locked --no-run
 # lazily unmounted so that no process stays blocked on them.
 rc=0
 timeout -k 10 "${PKGFS_TEST_TIMEOUT:-600}" \
-  cargo test --locked -- --test-threads="${PKGFS_TEST_THREADS:-2}" || rc=$?
+  cargo test --locked --no-fail-fast -- --test-threads="${PKGFS_TEST_THREADS:-2}" || rc=$?
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
   echo "test.sh: the tests did not finish within ${PKGFS_TEST_TIMEOUT:-600} s (a hang)" >&2
   awk '$1 ~ /^pkgfs:127\.0\.0\.1/ && $2 ~ /^\/tmp\// {print $2}' /proc/mounts |

@@ -15,7 +15,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{errno_name, Attr, Fs, FsError, FsResult, Invalidate};
+use crate::fs::{errno_name, Attr, Fs, FsError, FsResult, Invalidate, Opener};
 
 /// Largest read and write the kernel is asked to send in one request.
 const MAX_IO: u32 = 1024 * 1024;
@@ -197,10 +197,11 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY;
+        let pid = req.pid();
         self.spawn(move |fs| async move {
-            match fs.open(ino.0, write).await {
+            match fs.open(ino.0, write, Opener::of(pid)).await {
                 // Published files never change: keep the page cache once
                 // the bytes are verified (served from the disk cache).
                 Ok(fh) if fs.keep_page_cache(fh) => {
@@ -239,7 +240,7 @@ impl Filesystem for FuseFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
@@ -248,8 +249,9 @@ impl Filesystem for FuseFs {
         if !self.fs.is_write_handle(fh.0) {
             return reply.ok();
         }
+        let pid = req.pid();
         self.spawn(move |fs| async move {
-            reply_empty(reply, "close", fs.flush(fh.0).await);
+            reply_empty(reply, "close", fs.flush(fh.0, pid).await);
         });
     }
 
@@ -271,7 +273,7 @@ impl Filesystem for FuseFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -283,8 +285,9 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         };
         let ttl = self.ttl;
+        let pid = req.pid();
         self.spawn(move |fs| async move {
-            match fs.create(parent.0, &name).await {
+            match fs.create(parent.0, &name, Opener::of(pid)).await {
                 Ok((a, fh)) => reply.created(
                     &ttl,
                     &to_attr(&a),

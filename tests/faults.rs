@@ -619,7 +619,9 @@ fn upload_timeout_counts_stalls_not_duration() {
     let mut f = std::fs::File::create(v.join("paused.bin")).unwrap();
     f.write_all(&data(MIB, 41)).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
-    f.write_all(&data(MIB, 42)).unwrap();
+    if let Err(e) = f.write_all(&data(MIB, 42)) {
+        panic!("second write: {e}\n{}", m.log_text());
+    }
     let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
     assert_eq!(unsafe { libc::close(fd) }, 0, "{}", m.log_text());
     assert_eq!(

@@ -305,6 +305,67 @@ fn fsync_publishes_at_once_and_reports_the_outcome() {
     assert!(!names.iter().any(|n| n.starts_with('.')), "{names:?}");
 }
 
+/// The kernel flushes every descriptor that is closed, also the copies a
+/// child process inherits and closes at exec or at exit. A program that
+/// starts subprocesses while it writes a file (build tools, test runners)
+/// must still publish the whole file, once, at its own `close()`; a file
+/// that a child wrote after its opener closed it is published at the last
+/// release.
+#[test]
+fn closes_by_child_processes_do_not_publish_a_file_being_written() {
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    let v = m.path("alice/fork/1.0");
+    std::fs::create_dir_all(&v).unwrap();
+    server.reset_now();
+    let mut f = std::fs::File::create(v.join("a.bin")).unwrap();
+    f.write_all(&data(1 << 20, 1)).unwrap();
+    // Each child inherits the descriptor (close-on-exec) and closes its
+    // copy at exec: a FLUSH from another process, with data written.
+    for _ in 0..3 {
+        assert!(Command::new("true").status().unwrap().success());
+    }
+    f.write_all(&data(1 << 20, 2))
+        .unwrap_or_else(|e| panic!("write after a child's exec: {e}\n{}", m.log_text()));
+    assert_eq!(
+        server.files("alice", "fork", "1.0").len(),
+        0,
+        "published early"
+    );
+    drop(f);
+    let mut want = data(1 << 20, 1);
+    want.extend(data(1 << 20, 2));
+    assert_eq!(
+        remote(&server, "alice", "fork", "1.0", "a.bin").map(|b| sha256_hex(&b)),
+        Some(sha256_hex(&want))
+    );
+
+    // The opener closes first, before the child writes (`cmd > f &`,
+    // `Popen(stdout=f)`): the child's bytes are published when the last
+    // descriptor goes away.
+    let g = std::fs::File::create(v.join("child.out")).unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("sleep 0.3; printf from-the-child")
+        .stdout(g)
+        .spawn()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let t = std::time::Instant::now();
+    while remote(&server, "alice", "fork", "1.0", "child.out").is_none()
+        && t.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        remote(&server, "alice", "fork", "1.0", "child.out").as_deref(),
+        Some(&b"from-the-child"[..]),
+        "{}",
+        m.log_text()
+    );
+    assert_eq!(server.stats_now()["file_put"].as_u64(), Some(2));
+}
+
 /// Waits until the registry has seen `n` file PUTs (requests started, not
 /// necessarily finished); false after 10 s.
 fn wait_for_puts(server: &TestServer, n: u64) -> bool {

@@ -6,6 +6,7 @@
 
 mod error;
 mod fetch;
+mod process;
 mod tree;
 mod upstream;
 mod write;
@@ -23,6 +24,7 @@ use crate::protocol::validate::client_version_ok;
 use crate::protocol::Package;
 use crate::registry::{self, Client, FileRef};
 use fetch::Fetch;
+pub use process::Opener;
 use tree::{ChildSpec, Node, Tree};
 use write::Writer;
 
@@ -85,8 +87,9 @@ enum Handle {
     /// A file served from the cache, or empty.
     Local(Option<std::fs::File>),
     Remote(Arc<Fetch>),
-    /// A file being written (spooled locally until published).
-    Write(Arc<Writer>),
+    /// A file being written (spooled locally until published), and the
+    /// process that opened this handle (whose `close()` publishes it).
+    Write(Arc<Writer>, Opener),
 }
 
 /// The mounted filesystem.
@@ -548,7 +551,7 @@ impl Fs {
     pub async fn release(&self, fh: u64) {
         let handle = lock(&self.handles).remove(&fh);
         let writer = match handle.as_deref() {
-            Some(Handle::Write(w)) => Some(Arc::clone(w)),
+            Some(Handle::Write(w, _)) => Some(Arc::clone(w)),
             _ => None,
         };
         drop(handle);
@@ -559,14 +562,14 @@ impl Fs {
 
     /// Opens a published file for reading. Returns at once: no data is
     /// fetched until the first read.
-    pub async fn open(&self, ino: Ino, write: bool) -> FsResult<u64> {
+    pub async fn open(&self, ino: Ino, write: bool, opener: Opener) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.kind.is_dir() {
             return Err(FsError::new(libc::EISDIR, node.path()));
         }
         if node.local {
             if let Some(w) = self.writer_of(ino) {
-                return Ok(self.add_handle(Handle::Write(w)));
+                return Ok(self.add_handle(Handle::Write(w, opener)));
             }
         }
         if write {
@@ -649,7 +652,7 @@ impl Fs {
 
     /// Whether `fh` is a file being written (only those do work at close).
     pub fn is_write_handle(&self, fh: u64) -> bool {
-        matches!(self.handle(fh).as_deref(), Ok(Handle::Write(_)))
+        matches!(self.handle(fh).as_deref(), Ok(Handle::Write(..)))
     }
 
     /// A read on a local handle (cache or empty file), if it is one:
@@ -672,7 +675,7 @@ impl Fs {
         }
         match &*self.handle(fh)? {
             Handle::Remote(fetch) => fetch.read(offset, size).await,
-            Handle::Write(w) => w.read(offset, size),
+            Handle::Write(w, _) => w.read(offset, size),
             _ => Err(FsError::new(libc::EBADF, "not a file handle")),
         }
     }

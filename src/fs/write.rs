@@ -216,7 +216,12 @@ impl Fs {
     /// `open(O_CREAT)` of a new file in a version directory: EEXIST when
     /// the file is already published, EINVAL for a name the registry
     /// refuses; the data is spooled under the cache directory.
-    pub async fn create(&self, parent: Ino, name: &str) -> FsResult<(Attr, u64)> {
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        opener: super::Opener,
+    ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         let pnode = self.node(parent)?;
         if pnode.kind != Kind::Version {
@@ -283,7 +288,7 @@ impl Fs {
             publishing: tokio::sync::Mutex::new(()),
         });
         lock(&self.writers).insert(ino, Arc::clone(&writer));
-        let fh = self.add_handle(Handle::Write(writer));
+        let fh = self.add_handle(Handle::Write(writer, opener));
         Ok((self.getattr(ino)?, fh))
     }
 
@@ -293,8 +298,12 @@ impl Fs {
     }
 
     fn writer_handle(&self, fh: u64) -> FsResult<Arc<Writer>> {
+        self.writer_and_opener(fh).map(|(w, _)| w)
+    }
+
+    fn writer_and_opener(&self, fh: u64) -> FsResult<(Arc<Writer>, super::Opener)> {
         match &*self.handle(fh)? {
-            Handle::Write(w) => Ok(Arc::clone(w)),
+            Handle::Write(w, opener) => Ok((Arc::clone(w), *opener)),
             _ => Err(FsError::new(libc::EBADF, "not open for writing")),
         }
     }
@@ -435,14 +444,28 @@ impl Fs {
         self.getattr(ino)
     }
 
-    /// `close()`: publishes the file if data was written to it.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
-        let Ok(w) = self.writer_handle(fh) else {
+    /// `close()` of a descriptor by thread `pid`: publishes the file if
+    /// data was written to it and the closing process is the one that
+    /// opened it. The kernel also flushes the copies of a descriptor that a
+    /// child process inherited and closes (at exec, or when it exits): such
+    /// a close must not publish a file its opener is still writing. A file
+    /// whose opener closed before the data was written (a child wrote it)
+    /// is published when its last descriptor is released.
+    pub async fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let Ok((w, opener)) = self.writer_and_opener(fh) else {
             return Ok(()); // read handles have nothing to flush
         };
         let wrote = lock(&w.state).wrote;
         if !wrote {
             return Ok(()); // see the module comment: publish at release
+        }
+        if !opener.is_same_process(pid) {
+            tracing::debug!(
+                ino = w.ino,
+                pid,
+                "close by a process other than the opener: publishing at the opener's close or the last release"
+            );
+            return Ok(());
         }
         self.publish(&w, true).await
     }
