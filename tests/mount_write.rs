@@ -515,6 +515,63 @@ fn failed_upload_fails_close_and_mv_keeps_the_source() {
     );
 }
 
+/// The PUT that follows a failed one finds the name taken (409): when the
+/// registry holds exactly these bytes (the first attempt landed late, or an
+/// identical upload won), `close()` succeeds; other bytes are EEXIST.
+#[test]
+fn a_retry_that_meets_the_same_bytes_succeeds_and_other_bytes_are_eexist() {
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    let v = m.path("alice/late/1.0");
+    std::fs::create_dir_all(&v).unwrap();
+    for (name, theirs, want_ok) in [
+        ("same.bin", b"ours".as_slice(), true),
+        ("other.bin", b"theirs".as_slice(), false),
+    ] {
+        server.reset_now();
+        // The first PUT fails; the second waits, and meanwhile the name
+        // is published directly.
+        server.fault_now(
+            serde_json::json!({"kind": "status", "status": 500, "count": 1, "method": "PUT"}),
+        );
+        server.fault_now(
+            serde_json::json!({"kind": "delay", "delay_ms": 1500, "count": 1, "method": "PUT"}),
+        );
+        let path = v.join(name);
+        // (std::fs::write ignores the result of close(): close by hand.)
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(path)?;
+            f.write_all(b"ours")?;
+            let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+            match unsafe { libc::close(fd) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+        assert!(
+            wait_for_puts(&server, 2),
+            "no second PUT:\n{}",
+            m.log_text()
+        );
+        server.put_ok("alice", "late", "1.0", name, theirs);
+        let r = writer.join().unwrap();
+        if want_ok {
+            r.unwrap_or_else(|e| panic!("{name}: {e}\n{}", m.log_text()));
+        } else {
+            assert_eq!(
+                r.err().and_then(|e| e.raw_os_error()),
+                Some(libc::EEXIST),
+                "{}",
+                m.log_text()
+            );
+        }
+        assert_eq!(
+            remote(&server, "alice", "late", "1.0", name).unwrap(),
+            theirs
+        );
+    }
+}
+
 #[test]
 fn read_only_mount_refuses_every_write_with_erofs() {
     let server = TestServer::start(&[]);

@@ -628,6 +628,20 @@ impl Fs {
                 Ok(()) => return Ok(self.remote_sha256(fref, size).await),
                 Err(e) => e,
             };
+            if retried
+                && matches!(
+                    err,
+                    registry::Error::Conflict(_) | registry::Error::BadRequest(_)
+                )
+            {
+                // The second PUT found the name taken: by our first attempt,
+                // which landed after the listing was checked, or by an
+                // identical upload. The same bytes are success.
+                if let Ok(Some(sha)) = self.check_uploaded(node, fref, w).await {
+                    tracing::info!(path = %node.path(), "the registry has the file with these bytes");
+                    return Ok(Some(sha));
+                }
+            }
             match err {
                 registry::Error::BadRequest(msg) => {
                     // Local validation passed: most likely the 1.17-style
