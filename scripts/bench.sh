@@ -198,8 +198,11 @@ if want cp; then
   # Each upload starts from clean page cache (sync: the previous run's
   # dirty pages are not written back during this one), and the order
   # alternates so that neither side always follows the other.
-  cp_once() { sync; t0=$(now); cp "$big" "$mnt/alice/up/$n/"; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")"); }
-  curl_once() { sync; t0=$(now); put "upc/$n/big.bin" "$big"; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")"); }
+  # Every upload is of new bytes (the first 32 are stamped before it), as a
+  # real publication is: neither side may find its blob already stored.
+  stamp() { printf '%-32s' "$1-$n-$RANDOM" | dd of="$big" bs=32 count=1 conv=notrunc status=none; }
+  cp_once() { stamp cp; sync; t0=$(now); cp "$big" "$mnt/alice/up/$n/"; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")"); }
+  curl_once() { stamp curl; sync; t0=$(now); put "upc/$n/big.bin" "$big"; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")"); }
   for _ in $(seq $runs); do
     n=$((n+1))
     mkdir -p "$mnt/alice/up/$n"

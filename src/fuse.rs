@@ -9,13 +9,16 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
 use crate::fs::{errno_name, Attr, Fs, FsError, FsResult, Invalidate, Opener};
+
+mod passthrough;
+use passthrough::Passthrough;
 
 /// Largest read and write the kernel is asked to send in one request.
 const MAX_IO: u32 = 1024 * 1024;
@@ -52,12 +55,18 @@ pub struct FuseFs {
     fs: Arc<Fs>,
     rt: Handle,
     ttl: Duration,
+    passthrough: Arc<Passthrough>,
 }
 
 impl FuseFs {
     pub fn new(fs: Arc<Fs>, rt: Handle) -> FuseFs {
         let ttl = fs.config().metadata_ttl;
-        FuseFs { fs, rt, ttl }
+        FuseFs {
+            fs,
+            rt,
+            ttl,
+            passthrough: Arc::new(Passthrough::new()),
+        }
     }
 
     /// Runs `f` on the runtime; FUSE threads return at once.
@@ -125,6 +134,14 @@ impl Filesystem for FuseFs {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(64);
+        // Cached files are read by the kernel from the cache file itself
+        // where it can (see `passthrough`); a backing file on ext4, xfs,
+        // btrfs or tmpfs has stack depth 0, below this limit of 1.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.enable();
+        }
         Ok(())
     }
 
@@ -200,14 +217,20 @@ impl Filesystem for FuseFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY;
         let pid = req.pid();
+        let pt = Arc::clone(&self.passthrough);
         self.spawn(move |fs| async move {
             match fs.open(ino.0, write, Opener::of(pid)).await {
-                // Published files never change: keep the page cache once
-                // the bytes are verified (served from the disk cache).
-                Ok(fh) if fs.keep_page_cache(fh) => {
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                Ok(fh) => {
+                    // Published files never change: keep the page cache
+                    // once the bytes are verified (served from the disk
+                    // cache), or let the kernel read the cache file.
+                    let flags = if fs.keep_page_cache(fh) {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    pt.reply_open(&fs, ino.0, fh, flags, reply);
                 }
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("open", &e)),
             }
         });
@@ -286,15 +309,19 @@ impl Filesystem for FuseFs {
         };
         let ttl = self.ttl;
         let pid = req.pid();
+        let pt = Arc::clone(&self.passthrough);
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name, Opener::of(pid)).await {
-                Ok((a, fh)) => reply.created(
-                    &ttl,
-                    &to_attr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((a, fh)) => {
+                    pt.note_cached_open(a.ino, fh);
+                    reply.created(
+                        &ttl,
+                        &to_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
                 Err(e) => reply.error(errno("create", &e)),
             }
         });
@@ -420,6 +447,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.spawn(move |fs| async move {
             fs.release(fh.0).await;
             reply.ok();

@@ -594,3 +594,89 @@ visibility = "private"
     let e = std::fs::read_dir(m.path("alice")).map(|_| ()).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
 }
+
+/// Cached files are read by the kernel from the cache file itself (FUSE
+/// passthrough, as root). The kernel refuses to mix the two open modes on
+/// one inode (the open fails with EIO): a cold open still in use keeps
+/// later opens ordinary, passthrough opens share one backing file (also
+/// after the cache file was evicted), and mmap works through both.
+#[test]
+fn cached_files_are_passed_through_and_mixed_opens_never_fail() {
+    use std::os::fd::AsRawFd;
+    let server = TestServer::start(&[]);
+    let src = data(3 * 1024 * 1024 + 7, 5);
+    server.put_ok("alice", "pt", "1", "f.bin", &src);
+    let m = mount(&server, &[]);
+    let p = m.path("alice/pt/1/f.bin");
+    let passthrough_opens = || {
+        m.log_text()
+            .matches("reads the cache file directly")
+            .count()
+    };
+    let mapped = |f: &std::fs::File| -> Vec<u8> {
+        let len = src.len();
+        unsafe {
+            let a = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(a, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+            let v = std::slice::from_raw_parts(a as *const u8, len).to_vec();
+            libc::munmap(a, len);
+            v
+        }
+    };
+
+    // A cold open stays open while the file becomes cached: the opens
+    // made meanwhile are cache hits, in ordinary mode.
+    let mut cold = std::fs::File::open(&p).unwrap();
+    let mut buf = Vec::new();
+    cold.read_to_end(&mut buf).unwrap();
+    assert_eq!(sha256_hex(&buf), sha256_hex(&src));
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(&p).unwrap(), src, "{}", m.log_text());
+    }
+    assert_eq!(mapped(&cold), src);
+    assert_eq!(
+        passthrough_opens(),
+        0,
+        "passthrough beside an ordinary open"
+    );
+    drop(cold);
+
+    // Once no ordinary open is left, cache hits are passed through (when
+    // the daemon may: root); RELEASE reaches the daemon a little later.
+    let root = unsafe { libc::geteuid() } == 0;
+    let t = Instant::now();
+    while root && passthrough_opens() == 0 && t.elapsed() < Duration::from_secs(5) {
+        assert_eq!(std::fs::read(&p).unwrap(), src);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!root || passthrough_opens() > 0, "{}", m.log_text());
+    let a = std::fs::File::open(&p).unwrap();
+    let mut b = std::fs::File::open(&p).unwrap();
+    assert_eq!(mapped(&a), src);
+    b.seek(SeekFrom::Start(1024 * 1024)).unwrap();
+    let mut tail = Vec::new();
+    b.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail, &src[1024 * 1024..]);
+
+    // The cache file is evicted while passthrough handles are open: a new
+    // open shares their backing file (an ordinary one would fail).
+    for e in std::fs::read_dir(m.cache.join("blobs")).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        } else {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    assert_eq!(std::fs::read(&p).unwrap(), src, "{}", m.log_text());
+    drop(a);
+    drop(b);
+    assert!(!m.log_text().contains("EIO"), "{}", m.log_text());
+}

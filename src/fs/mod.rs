@@ -623,6 +623,27 @@ impl Fs {
         !matches!(self.handle(fh).as_deref(), Ok(Handle::Remote(_)))
     }
 
+    /// The verified cache file behind read handle `fh` of file `ino`, and
+    /// its sha256: what the kernel may read directly (FUSE passthrough),
+    /// bypassing the daemon. `None` for downloads, empty and local files.
+    pub fn verified_file(&self, fh: u64, ino: Ino) -> Option<(std::fs::File, String)> {
+        let handle = self.handle(fh).ok()?;
+        let Handle::Local(Some(file)) = &*handle else {
+            return None;
+        };
+        let sha = self.content_id(ino)?;
+        Some((file.try_clone().ok()?, sha))
+    }
+
+    /// The sha256 of published file `ino` (`None` for directories and
+    /// files not published yet): its content, which never changes.
+    pub fn content_id(&self, ino: Ino) -> Option<String> {
+        lock(&self.tree)
+            .get(ino)
+            .filter(|n| n.kind == Kind::File && !n.local && !n.sha256.is_empty())
+            .map(|n| n.sha256.clone())
+    }
+
     /// The shared download of a file, created on first use.
     fn fetch_for(&self, node: &Node) -> FsResult<Arc<Fetch>> {
         let mut fetches = lock(&self.fetches);
