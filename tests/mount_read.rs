@@ -680,3 +680,29 @@ fn cached_files_are_passed_through_and_mixed_opens_never_fail() {
     drop(b);
     assert!(!m.log_text().contains("EIO"), "{}", m.log_text());
 }
+
+/// Without `X-Total-Count` (a proxy dropped it) the owner listing follows
+/// `rel="next"`; only its page number is taken, since the link is built
+/// from APP_URL, which may name another host: the token never goes there.
+#[test]
+fn listings_follow_next_links_without_leaving_the_mounted_host() {
+    // APP_URL on a port where nothing listens.
+    let server = TestServer::start(&["--no-total-count", "--public-url", "http://127.0.0.1:9/"]);
+    for i in 0..121 {
+        server.put_ok("alice", &format!("p{i:03}"), "1", "f", b"x");
+    }
+    let probe = common::sync::block(
+        reqwest::Client::new()
+            .get(server.at("api/v1/packages/alice?limit=50"))
+            .header("Authorization", server.auth())
+            .send(),
+    )
+    .unwrap();
+    assert!(probe.headers().get("x-total-count").is_none());
+    let link = probe.headers()["link"].to_str().unwrap().to_string();
+    assert!(link.contains("http://127.0.0.1:9/"), "{link}");
+    let m = mount(&server, &["--timeout", "5"]);
+    let got = names(&m.path("alice"));
+    assert_eq!(got.len(), 121, "{}", m.log_text());
+    assert_eq!(got[120], "p120");
+}

@@ -147,20 +147,20 @@ impl Client {
             }
             Some(_) => {}
             None => {
-                // No count: follow rel="next" one page at a time.
-                let mut next = next_link(&headers);
-                let mut guard = 0;
-                while let Some(u) = next {
-                    guard += 1;
-                    if guard > 100_000 {
-                        break;
-                    }
-                    let (page, h): (Vec<T>, HeaderMap) = self.get_json(&u).await?;
+                // No count: follow rel="next" one page at a time. Only its
+                // page number is taken: the link is built from APP_URL,
+                // which may name another host than the one mounted, and
+                // the token must never go anywhere else.
+                let mut next = next_page(&headers);
+                let mut last = 1;
+                while let Some(p) = next.filter(|&p| p > last && p <= 100_000) {
+                    last = p;
+                    let (page, h): (Vec<T>, HeaderMap) = self.get_json(&page_url(p)).await?;
                     if page.is_empty() {
                         break;
                     }
                     items.extend(page);
-                    next = next_link(&h);
+                    next = next_page(&h);
                 }
             }
         }
@@ -168,8 +168,8 @@ impl Client {
     }
 }
 
-/// The `rel="next"` URL of a `Link` header.
-fn next_link(headers: &HeaderMap) -> Option<Url> {
+/// The page number of the `rel="next"` URL of a `Link` header.
+fn next_page(headers: &HeaderMap) -> Option<u32> {
     let link = headers.get("link")?.to_str().ok()?;
     link.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
@@ -177,7 +177,9 @@ fn next_link(headers: &HeaderMap) -> Option<Url> {
             return None;
         }
         let url = url.trim().trim_start_matches('<').trim_end_matches('>');
-        Url::parse(url).ok()
+        let url = Url::parse(url).ok()?;
+        let page = url.query_pairs().find(|(k, _)| k == "page")?.1;
+        page.parse().ok()
     })
 }
 
@@ -192,7 +194,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_next_link() {
+    fn takes_the_page_number_of_the_next_link() {
         let mut h = HeaderMap::new();
         h.insert(
             "link",
@@ -200,9 +202,8 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert_eq!(
-            next_link(&h).unwrap().as_str(),
-            "http://h/api/v1/packages/a?page=2&limit=50"
-        );
+        assert_eq!(next_page(&h), Some(2));
+        h.insert("link", "<http://h/x?page=9>; rel=\"last\"".parse().unwrap());
+        assert_eq!(next_page(&h), None);
     }
 }

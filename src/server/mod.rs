@@ -107,6 +107,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_versions_endpoint: bool,
 
+    /// A proxy that drops `X-Total-Count` from v1 listings: only the `Link`
+    /// header tells a client that more pages follow.
+    #[arg(long)]
+    pub no_total_count: bool,
+
     /// Gitea ≤ 1.18 and Forgejo ≥ v12: v1 GET endpoints work without a
     /// token for owners the anonymous user may read.
     #[arg(long)]
@@ -165,6 +170,7 @@ pub(crate) struct Profile {
     pub versions_endpoint: bool,
     pub v1_anonymous_read: bool,
     pub forgejo: bool,
+    pub total_count: bool,
     pub max_file_size: Option<u64>,
     pub max_owner_size: Option<u64>,
     pub max_owner_count: Option<u64>,
@@ -268,6 +274,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             versions_endpoint: !args.no_versions_endpoint,
             v1_anonymous_read: args.v1_anonymous_read,
             forgejo: args.forgejo,
+            total_count: !args.no_total_count,
             max_file_size: args.max_file_size,
             max_owner_size: args.max_owner_size,
             max_owner_count: args.max_owner_count,
