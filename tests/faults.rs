@@ -673,3 +673,39 @@ fn upload_timeout_counts_stalls_not_duration() {
     );
     assert!(m.log_text().contains("no progress"), "{}", m.log_text());
 }
+
+/// 429 Too Many Requests is retried after the `Retry-After` the registry
+/// asks for; a wait longer than what is left of `--timeout` is not waited
+/// out: EIO at once.
+#[test]
+fn too_many_requests_waits_for_retry_after_within_the_timeout() {
+    let server = TestServer::start(&[]);
+    let src = data(MIB, 31);
+    server.put_ok("alice", "busy", "1", "f", &src);
+    server.put_ok("alice", "busy", "1", "g", &data(MIB, 32));
+    let m = mount(&server, &["--timeout", "4"]);
+    let _ = std::fs::metadata(m.path("alice/busy/1/f")).unwrap();
+    let _ = std::fs::metadata(m.path("alice/busy/1/g")).unwrap();
+    server.fault_now(
+        json!({"kind": "status", "status": 429, "retry_after": 1, "count": 1,
+        "method": "GET", "path_contains": "/busy/1/f"}),
+    );
+    let t = Instant::now();
+    let p = m.path("alice/busy/1/f");
+    let got = bounded(20, "read after 429", move || std::fs::read(p)).unwrap();
+    assert_eq!(got, src);
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "Retry-After not honoured: {:?}",
+        t.elapsed()
+    );
+    // The registry asks for 30 s, more than --timeout allows.
+    server.fault_now(json!({"kind": "status", "status": 429, "retry_after": 30,
+        "method": "GET", "path_contains": "/busy/1/g"}));
+    let t = Instant::now();
+    let p = m.path("alice/busy/1/g");
+    let err = bounded(20, "read under 429", move || std::fs::read(p).map(|_| ())).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert!(m.log_text().contains("429"), "{}", m.log_text());
+}

@@ -827,3 +827,72 @@ fn proxy_body_limit_is_efbig_and_concurrent_first_uploads_all_land() {
         );
     }
 }
+
+/// The edges of names and descriptors: placeholders are listed by their
+/// parents; a descriptor duplicated (dup, as a shell does) and closed later
+/// does not upload again and cannot write after the publication; a file
+/// deleted behind the mount is simply gone for `rm`; a scratch file renamed
+/// onto a published name is EEXIST (the registry keeps its bytes), and
+/// moved to another directory EXDEV.
+#[test]
+fn placeholders_dups_stale_deletes_and_renames() {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "edge", "1.0", "taken.bin", b"registry");
+    server.put_ok("alice", "edge", "1.0", "gone.bin", b"x");
+    let m = mount(&server, &["--metadata-ttl", "600"]);
+    // Placeholders appear in their parents' listings.
+    std::fs::create_dir_all(m.path("alice/newpkg/0.1")).unwrap();
+    let names = |p: &str| -> Vec<String> {
+        std::fs::read_dir(m.path(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(names("alice").contains(&"newpkg".to_string()));
+    assert_eq!(names("alice/newpkg"), ["0.1"]);
+
+    // dup: the first close publishes, the copy can no longer write, and
+    // its close sends nothing.
+    server.reset_now();
+    let mut f = std::fs::File::create(m.path("alice/newpkg/0.1/d.bin")).unwrap();
+    f.write_all(b"dup").unwrap();
+    let copy = unsafe { libc::dup(f.as_raw_fd()) };
+    assert!(copy >= 0);
+    drop(f);
+    assert_eq!(
+        remote(&server, "alice", "newpkg", "0.1", "d.bin").unwrap(),
+        b"dup"
+    );
+    let mut g = unsafe { std::fs::File::from_raw_fd(copy) };
+    let e = g.write_all(b"more").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    assert_eq!(
+        unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(g)) },
+        0
+    );
+    assert_eq!(server.stats_now()["file_put"].as_u64(), Some(1));
+
+    // Deleted on the registry behind the listing: rm still succeeds.
+    let v = m.path("alice/edge/1.0");
+    assert!(names("alice/edge/1.0").contains(&"gone.bin".to_string()));
+    server.delete_ok("alice", "edge", "1.0", "gone.bin");
+    std::fs::remove_file(v.join("gone.bin")).unwrap();
+    assert!(!v.join("gone.bin").exists());
+
+    // A scratch file renamed onto a published name, or out of its version.
+    std::fs::write(v.join(".tmp"), b"mine").unwrap();
+    let e = std::fs::rename(v.join(".tmp"), v.join("taken.bin")).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EEXIST),
+        "{e}\n{}",
+        m.log_text()
+    );
+    assert_eq!(
+        remote(&server, "alice", "edge", "1.0", "taken.bin").unwrap(),
+        b"registry"
+    );
+    let e = std::fs::rename(v.join(".tmp"), m.path("alice/newpkg/0.1/moved.bin")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
+}

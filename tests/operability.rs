@@ -112,3 +112,87 @@ fn exit_codes_are_0_1_2() {
     assert_eq!(out.status.code(), Some(0));
     assert!(is_mounted(&mp));
 }
+
+/// `--version` prints the crate version; every option of both subcommands
+/// has a line of help text.
+#[test]
+fn help_explains_every_option_and_version_prints() {
+    let bin = common::mount::pkgfs_bin();
+    let out = Command::new(bin).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+    for sub in ["serve", "mount"] {
+        let out = Command::new(bin).args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help");
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<&str> = help.lines().map(str::trim_start).collect();
+        let mut options = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if !(line.starts_with("--") || (line.starts_with('-') && line.contains(", --"))) {
+                continue;
+            }
+            options += 1;
+            // `--flag <VALUE>  text`, or the text on the next line.
+            let same_line = line.split("  ").filter(|s| !s.trim().is_empty()).count() > 1;
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            let next_line = !next.is_empty() && !next.starts_with('-');
+            assert!(
+                same_line || next_line,
+                "{sub}: no help text for {line:?}\n{help}"
+            );
+        }
+        assert!(options >= 8, "{sub}: {help}");
+    }
+}
+
+/// Log levels: `--debug` logs every operation; `RUST_LOG` filters (it wins
+/// over `--debug`); by default there is no debug output.
+#[test]
+fn debug_and_rust_log_control_the_log() {
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "tool", "1.0", "t.bin", b"logs");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, args: &[&str], rust_log: Option<&str>| -> String {
+        let mp = dir.path().join(name);
+        std::fs::create_dir(&mp).unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let mut cmd = Command::new(pkgfs_bin());
+        cmd.arg("mount")
+            .arg(&server.url)
+            .arg(&mp)
+            .arg("--cache-dir")
+            .arg(dir.path().join(format!("{name}.cache")))
+            .arg("--log-file")
+            .arg(&log)
+            .args(args)
+            .env("PKGFS_TOKEN", &server.token)
+            .env_remove("RUST_LOG");
+        if let Some(f) = rust_log {
+            cmd.env("RUST_LOG", f);
+        }
+        let out = cmd.output().unwrap();
+        let guard = Unmounter(mp.clone());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read(mp.join("alice/tool/1.0/t.bin")).unwrap(),
+            b"logs"
+        );
+        drop(guard);
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let plain = run("plain", &[], None);
+    assert!(plain.contains("mounted"), "{plain}");
+    assert!(!plain.contains("DEBUG"), "{plain}");
+    let debug = run("debug", &["--debug"], None);
+    assert!(debug.contains("DEBUG"), "{debug}");
+    let quiet = run("quiet", &["--debug"], Some("warn"));
+    assert!(
+        !quiet.contains("mounted") && !quiet.contains("DEBUG"),
+        "{quiet}"
+    );
+}

@@ -51,6 +51,18 @@ admin = true
   [[users.tokens]]
   value = "dave-all"
 
+[[users]]
+name = "idle"
+active = false
+  [[users.tokens]]
+  value = "idle-all"
+
+[[users]]
+name = "banned"
+prohibit_login = true
+  [[users.tokens]]
+  value = "banned-all"
+
 [[orgs]]
 name = "pubco"
 members = [{ user = "alice", role = "owner" }, { user = "bob", role = "read" }]
@@ -209,6 +221,12 @@ async fn access_rules_on_the_packages_tree() {
         (Token("alice-pub"), Method::GET, "privco", FORBIDDEN),
         (Token("alice-pub"), Method::GET, "limco", FORBIDDEN),
         (Token("alice-pub"), Method::PUT, "privco", FORBIDDEN),
+        // An inactive or login-prohibited doer gets none (§3.2), even on
+        // its own namespace and on public owners.
+        (Token("idle-all"), Method::GET, "alice", UNAUTH),
+        (Token("idle-all"), Method::PUT, "idle", UNAUTH),
+        (Token("banned-all"), Method::GET, "pubco", UNAUTH),
+        (Token("banned-all"), Method::PUT, "banned", UNAUTH),
         // Site admin: everything.
         (Token("dave-all"), Method::GET, "carol", OK),
         (Token("dave-all"), Method::DELETE, "carol", 204),
@@ -230,6 +248,49 @@ async fn access_rules_on_the_packages_tree() {
             );
         }
     }
+}
+
+/// DELETE of a whole version (§4.5) under the rules of §3.3: Write access,
+/// 401 with `WWW-Authenticate` for missing rights or scope, 403 for a
+/// public-only token on an owner that is not public, 404 for an unknown
+/// owner or version.
+#[tokio::test]
+async fn version_delete_follows_the_access_rules() {
+    let s = TestServer::start_with_config(CONFIG, &[]);
+    let version = |owner: &str, v: usize| format!("api/packages/{owner}/generic/tool/{v}");
+    for (owner, v) in [("alice", 1), ("alice", 2), ("privco", 1)] {
+        let path = format!("{}/f", version(owner, v));
+        let r = req(&s, Method::PUT, &path, Cred::Token("dave-all")).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{path}");
+    }
+    use Cred::*;
+    let rows: &[(Cred, &str, usize, u16)] = &[
+        (Anon, "nobody", 1, 404),
+        (Anon, "alice", 1, 401),
+        (Token("bob-all"), "alice", 1, 401),
+        (Token("alice-read"), "alice", 1, 401),
+        (Token("alice-user"), "alice", 1, 401),
+        (Token("alice-pub"), "privco", 1, 403),
+        (Token("alice-all"), "alice", 9, 404),
+        (Token("alice-write"), "alice", 1, 204),
+        (Token("alice-all"), "alice", 1, 404),
+        (Token("alice-all"), "privco", 1, 204),
+    ];
+    for (cred, owner, v, want) in rows {
+        let r = req(&s, Method::DELETE, &version(owner, *v), *cred).await;
+        let www = r.headers().get("www-authenticate").cloned();
+        assert_eq!(r.status().as_u16(), *want, "{cred:?} {owner}/{v}");
+        if *want == 401 {
+            assert_eq!(
+                www.as_ref().map(|v| v.to_str().unwrap()),
+                Some("Basic realm=\"Gitea Package API\""),
+                "{cred:?} {owner}/{v}"
+            );
+        }
+    }
+    // The other version is untouched.
+    let r = req(&s, Method::GET, &format!("{}/f", version("alice", 2)), Anon).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 async fn v1(s: &TestServer, m: Method, path: &str, cred: Cred) -> (StatusCode, serde_json::Value) {

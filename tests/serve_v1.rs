@@ -344,3 +344,27 @@ async fn public_url_is_used_for_absolute_urls() {
         "https://example.test/gitea/alice"
     );
 }
+
+/// `latest` is the most recently created version (highest id), not the
+/// highest in SemVer order (§5.3); listings are newest first.
+#[tokio::test]
+async fn latest_is_the_newest_upload_not_the_highest_version() {
+    let s = TestServer::start(&[]);
+    for v in ["2.0.0", "10.0.0", "1.0.0"] {
+        assert_eq!(
+            s.put("alice", "order", v, "f", b"x").await,
+            StatusCode::CREATED
+        );
+    }
+    let (st, _, v) = get(&s, "api/v1/packages/alice/generic/order/-/latest").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["version"], "1.0.0");
+    let (_, _, list) = get(&s, "api/v1/packages/alice/generic/order").await;
+    let versions: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["1.0.0", "10.0.0", "2.0.0"]);
+}

@@ -145,6 +145,9 @@ pub fn access(doer: Option<Doer<'_>>, owner: Owner<'_>) -> Access {
             Access::None
         };
     };
+    if !d.account.may_sign_in {
+        return Access::None;
+    }
     if d.account.admin {
         return Access::Write;
     }

@@ -119,6 +119,9 @@ pub struct Account {
     pub email: String,
     pub visibility: Visibility,
     pub admin: bool,
+    /// Active and not prohibited from signing in: otherwise the account
+    /// gets no access anywhere (§3.2), though its credentials are valid.
+    pub may_sign_in: bool,
 }
 
 /// An organisation.
@@ -203,8 +206,18 @@ struct UserConfig {
     visibility: Visibility,
     #[serde(default)]
     admin: bool,
+    /// Gitea's `is_active` (e-mail confirmed or activated by an admin).
+    #[serde(default = "yes")]
+    active: bool,
+    /// Gitea's `prohibit_login`.
+    #[serde(default)]
+    prohibit_login: bool,
     #[serde(default)]
     tokens: Vec<TokenConfig>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +271,8 @@ impl Directory {
                 email: None,
                 visibility: Visibility::Public,
                 admin: false,
+                active: true,
+                prohibit_login: false,
                 tokens: token
                     .map(|value| TokenConfig {
                         value: Some(value),
@@ -325,6 +340,7 @@ impl Directory {
                 password: u.password,
                 visibility: u.visibility,
                 admin: u.admin,
+                may_sign_in: u.active && !u.prohibit_login,
             });
         }
         let user_names: Vec<String> = dir.users.iter().map(|u| u.lower.clone()).collect();

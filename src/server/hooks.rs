@@ -67,6 +67,8 @@ struct FaultSpec {
     #[serde(default)]
     count: u64,
     status: Option<u16>,
+    /// With `status`: a `Retry-After` header of this many seconds.
+    retry_after: Option<u64>,
     #[serde(default)]
     after_bytes: u64,
     #[serde(default)]
@@ -85,10 +87,15 @@ struct Fault {
 /// What to do to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    Status(StatusCode),
-    Drop { after_bytes: u64 },
+    /// This status, with `Retry-After` seconds if set.
+    Status(StatusCode, Option<u64>),
+    Drop {
+        after_bytes: u64,
+    },
     Delay(Duration),
-    Corrupt { after_bytes: u64 },
+    Corrupt {
+        after_bytes: u64,
+    },
 }
 
 /// State of the test hooks.
@@ -127,6 +134,7 @@ impl Hooks {
             Kind::Status => Action::Status(
                 StatusCode::from_u16(s.status.unwrap_or(500))
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                s.retry_after,
             ),
             Kind::Drop => Action::Drop {
                 after_bytes: s.after_bytes,

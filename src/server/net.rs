@@ -180,8 +180,13 @@ async fn handle(
         }
     }
     match action {
-        Some(Action::Status(status)) => {
-            return meter.wrap(respond::text(status, "injected fault"));
+        Some(Action::Status(status, retry_after)) => {
+            let mut r = respond::text(status, "injected fault");
+            if let Some(secs) = retry_after {
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            }
+            return meter.wrap(r);
         }
         Some(Action::Delay(d)) => tokio::time::sleep(d).await,
         Some(Action::Drop { after_bytes }) if method != Method::GET => {

@@ -81,6 +81,19 @@ impl TestServer {
         block(self.fault(spec))
     }
 
+    /// Deletes a file as the default user and asserts 204.
+    pub fn delete_ok(&self, owner: &str, name: &str, version: &str, file: &str) {
+        let s = block(
+            self.http
+                .delete(self.file_url(owner, name, version, file))
+                .header("Authorization", self.auth())
+                .send(),
+        )
+        .expect("DELETE")
+        .status();
+        assert_eq!(s.as_u16(), 204, "DELETE {owner}/{name}/{version}/{file}");
+    }
+
     /// Inverts a byte of a stored blob.
     pub fn corrupt_blob(&self, sha256: &str) {
         let s = block(
