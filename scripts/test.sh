@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs what the suite needs when it is missing
-# (fuse3 for fusermount3, pkg-config, curl, rsync), then runs every test:
+# (fuse3 for fusermount3, pkg-config, curl, rsync, socat, openssl), then
+# runs every test:
 # formatting, clippy, unit tests and the end-to-end tests that mount real
 # FUSE filesystems against `pkgfs serve` on 127.0.0.1.
 set -euo pipefail
@@ -11,6 +12,8 @@ command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
+command -v socat >/dev/null 2>&1 || need+=(socat)     # TLS in front of the test registry
+command -v openssl >/dev/null 2>&1 || need+=(openssl) # its self-signed certificate
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   SUDO=""

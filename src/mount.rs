@@ -403,6 +403,9 @@ async fn check_registry(client: &Client, url: &Url) -> Result<Option<String>> {
         Err(e @ (registry::Error::Network(_) | registry::Error::Timeout(_))) => {
             bail!("cannot reach the registry at {url}: {e}")
         }
+        Err(e @ registry::Error::Tls(_)) => {
+            bail!("{e} (a private CA: add it to the system's trust store or name it in SSL_CERT_FILE; a test server: --insecure)")
+        }
         Err(registry::Error::NotFound(_)) => {
             bail!("{url} does not look like a Gitea/Forgejo registry (/api/v1/user answered 404)")
         }
@@ -471,6 +474,10 @@ pub fn helper_args(argv: &[String]) -> Option<Vec<String>> {
             }
             // mount(8) flags: fake, no mtab, sloppy, verbose
             "-f" | "-n" | "-s" | "-v" => {}
+            // the type (`-t fuse.pkgfs`) and the namespace, with a value
+            "-t" | "-N" => {
+                rest.next();
+            }
             _ => positional.push(a.clone()),
         }
     }

@@ -196,3 +196,61 @@ fn debug_and_rust_log_control_the_log() {
         "{quiet}"
     );
 }
+
+/// `mount -t fuse.pkgfs`, as /etc/fstab mounts it: mount(8) runs
+/// /sbin/mount.fuse.pkgfs (the symlink the README installs) with
+/// `URL MOUNTPOINT -o OPTIONS` and its own flags (root only: mount(8)
+/// refuses other users without an fstab entry).
+#[test]
+fn mount_t_fuse_pkgfs_through_mount_8() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mount -t needs root");
+        return;
+    }
+    let helper = std::path::Path::new("/sbin/mount.fuse.pkgfs");
+    struct RemoveLink(Option<&'static std::path::Path>);
+    impl Drop for RemoveLink {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _link = if helper.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink(pkgfs_bin(), helper).unwrap();
+        RemoveLink(Some(std::path::Path::new("/sbin/mount.fuse.pkgfs")))
+    } else {
+        RemoveLink(None) // installed by the machine's owner: use it
+    };
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "fstab", "1.0", "f", b"from fstab");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, &server.token).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let opts = format!(
+        "token_file={},cache_dir={},_netdev,nofail,noatime",
+        token.display(),
+        dir.path().join("cache").display()
+    );
+    let out = Command::new("mount")
+        .args(["-t", "fuse.pkgfs", &server.url])
+        .arg(&mp)
+        .args(["-o", &opts])
+        .env_remove("PKGFS_TOKEN")
+        .output()
+        .unwrap();
+    let _guard = Unmounter(mp.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&mp));
+    assert_eq!(
+        std::fs::read(mp.join("alice/fstab/1.0/f")).unwrap(),
+        b"from fstab"
+    );
+}

@@ -205,3 +205,140 @@ fn redirects_never_carry_the_token_to_the_direct_host() {
     assert!(stats["direct_get"].as_u64().unwrap() >= 1, "{stats}");
     assert!(!server.stderr_tail().contains(&server.token));
 }
+
+/// TLS is verified by default: a registry behind a self-signed certificate
+/// (socat terminating TLS in front of `pkgfs serve`) is refused at once with
+/// a one-line reason and exit 1; the system's trust store is honoured (here
+/// through SSL_CERT_FILE); `--insecure` accepts any certificate. The token is never
+/// taken from argv: a `--token` flag is a usage error (exit 2) that does not
+/// echo the value.
+#[test]
+fn tls_is_verified_unless_insecure_and_no_token_in_argv() {
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "tls", "1", "f", b"over tls");
+    let dir = tempfile::tempdir().unwrap();
+    // A private CA and a server certificate for 127.0.0.1 signed by it.
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    let st = Command::new("bash")
+        .arg("-c")
+        .arg(
+            "set -e; cd \"$1\"; ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+             openssl req -x509 $ec -days 1 -subj /CN=pkgfs-test-ca -keyout ca.key -out ca.pem
+             openssl req $ec -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr
+             printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext
+             openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+               -days 1 -extfile ext -out cert.pem",
+        )
+        .arg("-")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl req");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let backend = server.base();
+    let backend = format!("TCP:127.0.0.1:{}", backend.port_or_known_default().unwrap());
+    let mut socat = Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+            cert.display(),
+            key.display()
+        ))
+        .arg(&backend)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _socat_guard = {
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed().as_secs() < 10, "socat did not listen");
+            if let Ok(Some(s)) = socat.try_wait() {
+                panic!("socat exited: {s}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Kill(socat)
+    };
+    let url = format!("https://127.0.0.1:{port}/");
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let run_with = |extra: &[&str], trusted: Option<&std::path::Path>| {
+        let mut cmd = Command::new(pkgfs_bin());
+        cmd.args(["mount", &url])
+            .arg(&mp)
+            .arg("--cache-dir")
+            .arg(dir.path().join("c"))
+            .args(extra)
+            .env("PKGFS_TOKEN", &server.token)
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
+        if let Some(ca) = trusted {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        cmd.output().unwrap()
+    };
+    let run = |extra: &[&str]| run_with(extra, None);
+    let t = std::time::Instant::now();
+    let out = run(&[]);
+    let _guard = Unmounter(mp.clone());
+    // An untrusted certificate is final: no retries until --timeout.
+    assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A certificate the system trusts (a private CA) is accepted.
+    let out = run_with(&[], Some(&ca));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(mp.join("alice/tls/1/f")).unwrap(),
+        b"over tls"
+    );
+    drop(_guard);
+    let out = run(&["--insecure"]);
+    let _guard = Unmounter(mp.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(mp.join("alice/tls/1/f")).unwrap(),
+        b"over tls"
+    );
+    drop(_guard);
+
+    let out = Command::new(pkgfs_bin())
+        .args(["mount", &server.url])
+        .arg(&mp)
+        .args(["--token", "sekrit-from-argv"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("sekrit-from-argv"), "{text}");
+}

@@ -56,6 +56,7 @@ impl From<registry::Error> for FsError {
             | E::Server { .. }
             | E::Network(_)
             | E::Timeout(_)
+            | E::Tls(_)
             | E::Corrupt(_)
             | E::Io(_) => libc::EIO,
         };

@@ -46,6 +46,9 @@ pub enum Error {
     /// No answer within the configured timeout.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The server's TLS certificate is not trusted: retrying cannot help.
+    #[error("TLS certificate not trusted: {0}")]
+    Tls(String),
     /// Downloaded bytes do not match the registry's sha256.
     #[error("checksum mismatch: {0}")]
     Corrupt(String),
@@ -98,6 +101,8 @@ impl Error {
         let detail = e.without_url_ref();
         if e.is_timeout() {
             Error::Timeout(format!("{context}: {detail}"))
+        } else if detail.contains("invalid peer certificate") {
+            Error::Tls(format!("{context}: {detail}"))
         } else {
             Error::Network(format!("{context}: {detail}"))
         }
