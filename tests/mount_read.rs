@@ -366,18 +366,28 @@ fn follows_serve_direct_redirects_without_leaking_the_token() {
     let server = TestServer::start(&["--serve-direct"]);
     let src = data(5 * 1024 * 1024 + 7, 13);
     server.put_ok("alice", "direct", "1", "f", &src);
-    server.put_ok("alice", "direct", "1", "g", &src);
+    let other = data(5 * 1024 * 1024 + 7, 14);
+    server.put_ok("alice", "direct", "1", "g", &other);
     let m = mount(&server, &[]);
     assert_eq!(
         sha256_hex(&std::fs::read(m.path("alice/direct/1/f")).unwrap()),
         sha256_hex(&src)
     );
-    // Ranged read through the redirect (a fresh file, so nothing is cached).
+    // Ranged read through the redirect (other bytes, so nothing is cached):
+    // the Range survives the redirect, so only a little is sent.
+    let _ = std::fs::metadata(m.path("alice/direct/1/g")).unwrap();
+    server.reset_now();
     let mut f = std::fs::File::open(m.path("alice/direct/1/g")).unwrap();
     f.seek(SeekFrom::Start(4 * 1024 * 1024)).unwrap();
     let mut buf = vec![0u8; 1000];
     f.read_exact(&mut buf).unwrap();
-    assert_eq!(buf, &src[4 * 1024 * 1024..4 * 1024 * 1024 + 1000]);
+    assert_eq!(buf, &other[4 * 1024 * 1024..4 * 1024 * 1024 + 1000]);
+    let stats = server.stats_now();
+    assert!(stats["direct_get"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["bytes_sent"].as_u64().unwrap() < 2 * 1024 * 1024,
+        "the Range was lost on the redirect: {stats}"
+    );
 }
 
 #[test]
@@ -501,6 +511,101 @@ fn sigterm_unmounts_cleanly() {
     }
     assert!(!common::mount::is_mounted(m.dir.path()), "{}", m.log_text());
     m.unmount();
+}
+
+/// SIGINT (Ctrl-C in --foreground) unmounts too, and the daemon exits 0.
+#[test]
+fn sigint_unmounts_cleanly_and_exits_0() {
+    let server = TestServer::start(&[]);
+    let mut m = mount(&server, &[]);
+    unsafe { libc::kill(m.pid() as i32, libc::SIGINT) };
+    let status = m.wait_exit(10);
+    assert!(!common::mount::is_mounted(m.dir.path()), "{}", m.log_text());
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", m.log_text());
+}
+
+/// Times come from the registry (`created_at` of the version), and statfs
+/// reports the cache: its size and what is free in it.
+#[test]
+fn mtime_is_created_at_and_statfs_reports_the_cache() {
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "when", "1", "f", &data(100_000, 3));
+    std::thread::sleep(Duration::from_millis(1100));
+    let m = mount(&server, &["--cache-size", "8MiB"]);
+    let (_, v) = common::sync::block(server.v1("api/v1/packages/alice/generic/when/1"));
+    let created = v["created_at"].as_str().unwrap().to_string();
+    let created = chrono::DateTime::parse_from_rfc3339(&created)
+        .unwrap()
+        .timestamp();
+    for p in ["alice/when/1", "alice/when/1/f"] {
+        let meta = std::fs::metadata(m.path(p)).unwrap();
+        assert_eq!(meta.mtime(), created, "{p}");
+        assert_eq!(meta.ctime(), created, "{p}");
+    }
+    let statfs = |m: &Mount| -> libc::statvfs {
+        let c = std::ffi::CString::new(m.dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st
+    };
+    let before = statfs(&m);
+    assert_eq!(before.f_blocks * before.f_frsize, 8 * 1024 * 1024);
+    assert_eq!(before.f_bfree, before.f_blocks);
+    assert_eq!(
+        std::fs::read(m.path("alice/when/1/f")).unwrap(),
+        data(100_000, 3)
+    );
+    let after = statfs(&m);
+    let used = (after.f_blocks - after.f_bfree) * after.f_frsize;
+    assert!((100_000..=110_000).contains(&used), "used {used}");
+}
+
+/// A registry that stops answering (not refusing: a delay) fails `ls`
+/// and `cat` with EIO after about `--timeout`, never a hang.
+#[test]
+fn a_silent_registry_gives_eio_after_the_timeout() {
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "slow", "1", "f", &data(1 << 20, 4));
+    let m = mount(&server, &["--timeout", "2", "--metadata-ttl", "0"]);
+    let _ = std::fs::metadata(m.path("alice/slow/1/f")).unwrap();
+    server.fault_now(serde_json::json!({"kind": "delay", "delay_ms": 30000}));
+    for what in ["ls", "cat"] {
+        let t = Instant::now();
+        let err = if what == "ls" {
+            std::fs::read_dir(m.path("alice/slow/1"))
+                .map(|_| ())
+                .unwrap_err()
+        } else {
+            std::fs::read(m.path("alice/slow/1/f"))
+                .map(|_| ())
+                .unwrap_err()
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{what}: {err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "{what}: {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+/// A small read at the start of a large file fetches about that much: the
+/// stream starts small and prefetches ahead only as the reader goes on.
+#[test]
+fn a_small_read_of_a_large_file_fetches_little() {
+    let server = TestServer::start(&[]);
+    let src = data(64 << 20, 6);
+    server.put_ok("alice", "big", "1", "f", &src);
+    let m = mount(&server, &["--prefetch", "4MiB"]);
+    let _ = std::fs::metadata(m.path("alice/big/1/f")).unwrap();
+    server.reset_now();
+    let mut f = std::fs::File::open(m.path("alice/big/1/f")).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, &src[..64 * 1024]);
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = server.stats_now()["bytes_sent"].as_u64().unwrap();
+    assert!(sent < 16 << 20, "a 64 KiB read fetched {sent} bytes");
 }
 
 #[test]
@@ -705,4 +810,21 @@ fn listings_follow_next_links_without_leaving_the_mounted_host() {
     let got = names(&m.path("alice"));
     assert_eq!(got.len(), 121, "{}", m.log_text());
     assert_eq!(got[120], "p120");
+}
+
+/// Gitea ≥ 1.19 answers v1 listings without a token with 401: an anonymous
+/// mount then shows EACCES (not an empty or missing directory).
+#[test]
+fn anonymous_listing_refused_with_401_is_eacces() {
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "tool", "1", "f", b"x");
+    let m = Mount::start(&server.url, None, &["--owner", "alice"]);
+    let err = std::fs::read_dir(m.path("alice")).map(|_| ()).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EACCES),
+        "{err}\n{}",
+        m.log_text()
+    );
+    assert!(m.log_text().contains("401"), "{}", m.log_text());
 }

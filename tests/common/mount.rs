@@ -98,6 +98,21 @@ impl Mount {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Waits up to `secs` for the daemon to exit by itself (after a signal),
+    /// without unmounting; its exit status.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Unmounts and waits for the daemon to exit.
     pub fn unmount(&mut self) {
         if is_mounted(self.dir.path()) {
