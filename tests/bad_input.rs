@@ -61,7 +61,7 @@ const ALLOWED: &[i32] = &[
 ];
 
 #[test]
-fn random_names_get_clean_errors_and_never_a_put() {
+fn random_names_get_clean_errors_and_no_request_when_invalid() {
     let server = TestServer::start(&[]);
     server.put_ok("alice", "pkg", "1.0", "f.bin", b"x");
     let m = Mount::start(&server.url, Some(&server.token), &["--metadata-ttl", "600"]);
@@ -80,6 +80,12 @@ fn random_names_get_clean_errors_and_never_a_put() {
                 2 => client_version_ok(&name),
                 _ => validate_filename(&name).is_ok() && !name.starts_with('.'),
             } && name.len() <= 255;
+            // A package name the registry would refuse is refused here,
+            // before any request (a valid one is looked up on the registry).
+            let dots = name == "." || name == "..";
+            let must_stay_local = depth == 1 && !valid && !dots;
+            let requests = || server.stats_now()["requests"].as_u64().unwrap();
+            let before = must_stay_local.then(requests);
             let ops: [(&str, Option<i32>); 3] = [
                 ("stat", errno(std::fs::symlink_metadata(&p).map(|_| ()))),
                 // fsync publishes the empty file now and reports the outcome
@@ -90,9 +96,17 @@ fn random_names_get_clean_errors_and_never_a_put() {
                 ),
                 ("mkdir", errno(std::fs::create_dir(&p))),
             ];
+            if let Some(before) = before {
+                let after = requests();
+                if after != before {
+                    bad.push(format!(
+                        "{level}/{name:?}: {} request(s) for an invalid name",
+                        after - before
+                    ));
+                }
+            }
             // `.` and `..` are resolved by the kernel (EISDIR for create);
             // names starting with `.` are local scratch files in a version.
-            let dots = name == "." || name == "..";
             let scratch = depth == 3 && name.starts_with('.') && name.len() <= 255;
             for (op, e) in ops {
                 match e {

@@ -896,3 +896,36 @@ fn placeholders_dups_stale_deletes_and_renames() {
     let e = std::fs::rename(v.join(".tmp"), m.path("alice/newpkg/0.1/moved.bin")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
 }
+
+/// The PUT's body headers: always `Content-Type: application/octet-stream`;
+/// a file written sequentially is streamed (chunked, no length known yet),
+/// and with `--upload-on-close` it goes with its `Content-Length`.
+#[test]
+fn puts_carry_octet_stream_and_a_length_or_chunks() {
+    let server = TestServer::start(&[]);
+    let src = tempfile::tempdir().unwrap();
+    let f = write_local(src.path(), "h.bin", &data(300_000, 8));
+    for (dir, args, chunked) in [
+        ("s", &[][..], true),
+        ("c", &["--upload-on-close"][..], false),
+    ] {
+        let m = mount(&server, args);
+        let v = m.path(&format!("alice/hdr/{dir}"));
+        std::fs::create_dir_all(&v).unwrap();
+        server.reset_now();
+        ok(&sh(&format!("cp {} {}/", f.display(), v.display())));
+        let put = server.stats_now()["last_put"].clone();
+        assert_eq!(put["content_type"], "application/octet-stream", "{put}");
+        if chunked {
+            assert_eq!(put["transfer_encoding"], "chunked", "{put}");
+            assert!(put["content_length"].is_null(), "{put}");
+        } else {
+            assert_eq!(put["content_length"], "300000", "{put}");
+            assert!(put["transfer_encoding"].is_null(), "{put}");
+        }
+        assert_eq!(
+            remote(&server, "alice", "hdr", dir, "h.bin").unwrap(),
+            data(300_000, 8)
+        );
+    }
+}

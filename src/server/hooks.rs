@@ -103,9 +103,22 @@ pub enum Action {
 pub struct Hooks {
     pub stats: Stats,
     faults: Mutex<Vec<Fault>>,
+    /// The body headers of the last file PUT: Content-Type, Content-Length
+    /// and Transfer-Encoding (null when absent).
+    last_put: Mutex<serde_json::Value>,
 }
 
 impl Hooks {
+    /// Notes the body headers of a file PUT.
+    pub fn note_put(&self, headers: &http::HeaderMap) {
+        let get = |k: http::header::HeaderName| headers.get(k).and_then(|v| v.to_str().ok());
+        *self.last_put.lock().unwrap_or_else(|e| e.into_inner()) = json!({
+            "content_type": get(http::header::CONTENT_TYPE),
+            "content_length": get(http::header::CONTENT_LENGTH),
+            "transfer_encoding": get(http::header::TRANSFER_ENCODING),
+        });
+    }
+
     /// The fault for this request, if any; consumes one of its count.
     pub fn take_fault(
         &self,
@@ -158,6 +171,7 @@ impl Hooks {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        *self.last_put.lock().unwrap_or_else(|e| e.into_inner()) = serde_json::Value::Null;
     }
 }
 
@@ -182,12 +196,14 @@ pub async fn handle(
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     match (parts.method.as_str(), &s[..]) {
         ("GET", ["stats"]) => {
-            let map: serde_json::Map<String, serde_json::Value> = hooks
+            let mut map: serde_json::Map<String, serde_json::Value> = hooks
                 .stats
                 .all()
                 .iter()
                 .map(|(k, c)| (k.to_string(), json!(c.load(Ordering::Relaxed))))
                 .collect();
+            let last_put = hooks.last_put.lock().unwrap_or_else(|e| e.into_inner());
+            map.insert("last_put".into(), last_put.clone());
             respond::json(StatusCode::OK, &map)
         }
         ("POST", ["reset"]) => {

@@ -171,6 +171,9 @@ async fn handle(
         Stats::bump(&h.stats.requests, 1);
         if let Some(c) = counter(&h.stats, side, &segs, &method) {
             Stats::bump(c, 1);
+            if method == Method::PUT {
+                h.note_put(req.headers());
+            }
         }
         meter.count_bytes = method == Method::GET
             && (side == Side::Direct || matches!(segs[..], ["api", "packages", _, _, _, _, _]));
