@@ -51,6 +51,7 @@ cleanup() {
   for p in "${rclone_pids[@]}"; do kill "$p" 2>/dev/null; done
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
   wait 2>/dev/null
+  cp "$work/mount.log" /tmp/pkgfs-bench-mount.log 2>/dev/null # for a look afterwards
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -126,7 +127,9 @@ if want warm; then
   dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none
   p=(); c=()
   cp "$big" "$work/local.bin"; cat "$work/local.bin" >/dev/null
-  for _ in $(seq $runs); do
+  # Page-cache reads take ~50 ms and swing with the host: three times the
+  # runs, interleaved, for a steadier median.
+  for _ in $(seq $((runs * 3))); do
     t0=$(now); dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")")
     t0=$(now); dd if="$work/local.bin" of=/dev/null bs=1M status=none; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")")
   done
