@@ -3,7 +3,7 @@
 # (`pkgfs serve` on 127.0.0.1) with a few sample packages, mount it, show
 # the tree and a checksum, and unmount on Ctrl-C.
 #   scripts/demo.sh [MOUNTPOINT]      (default ./mnt)
-#   scripts/demo.sh --once [MOUNTPOINT]   show, then unmount and exit
+#   scripts/demo.sh --once [MOUNTPOINT]   show, check the checksum, unmount, exit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +17,14 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fuse3 >/dev/null
 fi
 
-cargo build --release --quiet
-bin=$PWD/target/release/pkgfs
+# PKGFS_BIN: an already built binary (scripts/test.sh runs the demo with
+# the debug build); otherwise the release build.
+if [ -n "${PKGFS_BIN:-}" ]; then
+  bin=$(cd "$(dirname "$PKGFS_BIN")" && pwd)/$(basename "$PKGFS_BIN")
+else
+  cargo build --release --quiet
+  bin=$PWD/target/release/pkgfs
+fi
 work=$(mktemp -d)
 mkdir -p "$mnt"
 mnt=$(cd "$mnt" && pwd)
@@ -65,8 +71,11 @@ echo "registry: $url  (user alice, token in \$PKGFS_SERVE_TOKEN of this script)"
 echo "mounted at $mnt:"
 (cd "$mnt" && find . | sort)
 echo
-sha256sum "$mnt/alice/tool/2.0.0/tool-linux-amd64.tar.gz"
-sha256sum "$work/tool.tar.gz"
+through=$(sha256sum <"$mnt/alice/tool/2.0.0/tool-linux-amd64.tar.gz")
+direct=$(sha256sum <"$work/tool.tar.gz")
+echo "sha256 through the mount: ${through%% *}"
+echo "sha256 of the uploaded file: ${direct%% *}"
+if [ "$through" != "$direct" ]; then echo "demo: the checksums differ" >&2; exit 1; fi
 tar -tzf "$mnt/alice/tool/2.0.0/tool-linux-amd64.tar.gz"
 if [ "$once" = 1 ]; then exit 0; fi
 echo

@@ -37,6 +37,15 @@ cargo test --locked --no-run
 rc=0
 timeout -k 10 "${PKGFS_TEST_TIMEOUT:-600}" \
   cargo test --locked --no-fail-fast -- --test-threads="${PKGFS_TEST_THREADS:-2}" || rc=$?
+# The README's first command, once, with the binary just built.
+if [ "$rc" = 0 ]; then
+  demo_mnt=$(mktemp -d)
+  PKGFS_BIN=target/debug/pkgfs timeout 120 bash scripts/demo.sh --once "$demo_mnt" >/tmp/pkgfs-demo.log 2>&1 ||
+    { rc=$?; echo "test.sh: scripts/demo.sh --once failed:" >&2; cat /tmp/pkgfs-demo.log >&2; }
+  grep -qs " $demo_mnt fuse" /proc/mounts && { echo "test.sh: the demo left its mount" >&2; rc=1; fusermount3 -uz "$demo_mnt"; }
+  rmdir "$demo_mnt" 2>/dev/null || true
+  [ "$rc" = 0 ] && echo "test.sh: scripts/demo.sh --once: ok"
+fi
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
   echo "test.sh: the tests did not finish within ${PKGFS_TEST_TIMEOUT:-600} s (a hang)" >&2
   awk '$1 ~ /^pkgfs:127\.0\.0\.1/ && $2 ~ /^\/tmp\// {print $2}' /proc/mounts |
