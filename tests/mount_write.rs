@@ -496,6 +496,9 @@ fn failed_upload_fails_close_and_mv_keeps_the_source() {
         !out.status.success(),
         "mv succeeded although the PUT failed"
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Input/output error"), "{stderr}");
+    assert!(m.log_text().contains("injected fault"), "{}", m.log_text());
     assert!(f.exists(), "mv lost its source");
     assert!(remote(&server, "alice", "fail", "1.0", "x.bin").is_none());
     assert!(std::fs::metadata(m.path("alice/fail/1.0/x.bin")).is_err());
@@ -715,6 +718,14 @@ name = "alice"
   [[users.tokens]]
   value = "read-only-token"
   scopes = ["read:package", "read:user", "read:organization"]
+  [[users.tokens]]
+  value = "public-only-token"
+  public_only = true
+
+[[orgs]]
+name = "secret"
+visibility = "private"
+members = [{ user = "alice", role = "owner" }]
 "#,
         &["--max-file-size", "1KiB"],
     );
@@ -749,6 +760,27 @@ name = "alice"
         "{out:?}"
     );
     assert!(remote(&server, "alice", "q", "2.0", "f").is_none());
+
+    // 403 that is not a quota (a public-only token on a private owner):
+    // EACCES, and the server's message in the log.
+    let po = Mount::start(
+        &server.url,
+        Some("public-only-token"),
+        &["--owner", "secret"],
+    );
+    let _ = std::fs::create_dir_all(po.path("secret/p/1.0"));
+    let out = sh(&format!(
+        "cp {} {}/",
+        f.display(),
+        po.path("secret/p/1.0").display()
+    ));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}\n{}",
+        po.log_text()
+    );
+    assert!(po.log_text().contains("403"), "{}", po.log_text());
 }
 
 #[test]
@@ -811,6 +843,7 @@ fn proxy_body_limit_is_efbig_and_concurrent_first_uploads_all_land() {
     // Eight files copied at once into one new version (serialised first
     // upload, §9 rule 13): all of them are published.
     std::fs::create_dir_all(m.path("alice/lim/2.0")).unwrap();
+    server.reset_now();
     let threads: Vec<_> = (0..8)
         .map(|i| {
             let dest = m.path(&format!("alice/lim/2.0/c{i}"));
@@ -826,6 +859,10 @@ fn proxy_body_limit_is_efbig_and_concurrent_first_uploads_all_land() {
             data(10_000 + i, i as u64)
         );
     }
+    // The registry never saw two PUTs into the new version at once before
+    // its first file was stored.
+    let stats = server.stats_now();
+    assert_eq!(stats["first_put_overlaps"].as_u64(), Some(0), "{stats}");
 }
 
 /// The edges of names and descriptors: placeholders are listed by their

@@ -29,10 +29,11 @@ pub struct Stats {
     pub v1: AtomicU64,
     pub direct_get: AtomicU64,
     pub bytes_sent: AtomicU64,
+    pub first_put_overlaps: AtomicU64,
 }
 
 impl Stats {
-    fn all(&self) -> [(&'static str, &AtomicU64); 8] {
+    fn all(&self) -> [(&'static str, &AtomicU64); 9] {
         [
             ("requests", &self.requests),
             ("file_get", &self.file_get),
@@ -42,6 +43,7 @@ impl Stats {
             ("v1", &self.v1),
             ("direct_get", &self.direct_get),
             ("bytes_sent", &self.bytes_sent),
+            ("first_put_overlaps", &self.first_put_overlaps),
         ]
     }
 
@@ -106,9 +108,65 @@ pub struct Hooks {
     /// The body headers of the last file PUT: Content-Type, Content-Length
     /// and Transfer-Encoding (null when absent).
     last_put: Mutex<serde_json::Value>,
+    /// File PUTs in flight per version, and the versions that have taken
+    /// a file since start: to count overlapping first uploads (§9 rule 13).
+    versions: Mutex<VersionPuts>,
+}
+
+#[derive(Debug, Default)]
+struct VersionPuts {
+    in_flight: std::collections::HashMap<String, u32>,
+    created: std::collections::HashSet<String>,
+}
+
+/// A file PUT in flight into a version; ended by [`PutGuard::done`] or on
+/// drop (a request cut off).
+pub struct PutGuard<'a> {
+    hooks: &'a Hooks,
+    key: String,
+}
+
+impl PutGuard<'_> {
+    pub fn done(self, created: bool) {
+        if created {
+            let mut v = self
+                .hooks
+                .versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            v.created.insert(self.key.clone());
+        }
+    }
+}
+
+impl Drop for PutGuard<'_> {
+    fn drop(&mut self) {
+        let mut v = self
+            .hooks
+            .versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = v.in_flight.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 impl Hooks {
+    /// A file PUT into version `key` begins: when another one into the same
+    /// version is in flight and the version has no file yet, that is an
+    /// overlapping first upload (`first_put_overlaps` in the stats).
+    pub fn put_started(&self, key: String) -> PutGuard<'_> {
+        let mut v = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = !v.created.contains(&key);
+        let n = v.in_flight.entry(key.clone()).or_default();
+        *n += 1;
+        if *n > 1 && fresh {
+            Stats::bump(&self.stats.first_put_overlaps, 1);
+        }
+        PutGuard { hooks: self, key }
+    }
+
     /// Notes the body headers of a file PUT.
     pub fn note_put(&self, headers: &http::HeaderMap) {
         let get = |k: http::header::HeaderName| headers.get(k).and_then(|v| v.to_str().ok());

@@ -231,7 +231,21 @@ async fn handle(
             .collect();
         match decoded {
             None => respond::not_found(),
-            Some(decoded) => route(&app, side, req, &segs, &decoded, &path).await,
+            Some(decoded) => {
+                let put_into = match (&app.hooks, side, &decoded[..]) {
+                    (Some(h), Side::Main, [a, p, o, _, n, v, _])
+                        if method == Method::PUT && a == "api" && p == "packages" =>
+                    {
+                        Some(h.put_started(format!("{o}/{n}/{v}").to_lowercase()))
+                    }
+                    _ => None,
+                };
+                let r = route(&app, side, req, &segs, &decoded, &path).await;
+                if let Some(g) = put_into {
+                    g.done(r.status() == StatusCode::CREATED);
+                }
+                r
+            }
         }
     };
     meter.wrap(resp)
