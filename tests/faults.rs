@@ -277,7 +277,12 @@ fn soak_with_one_percent_failures_reaches_no_application_and_does_not_leak() {
     let (rss0, fds0) = (rss_kib(pid), fd_count(pid));
     let stop = Arc::new(AtomicBool::new(false));
     let moved = Arc::new(AtomicU64::new(0));
-    let run_for = Duration::from_secs(16);
+    let run_for = Duration::from_secs(
+        std::env::var("PKGFS_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(16),
+    );
     let started = Instant::now();
     let injector = {
         let (base, stop) = (server.url.clone(), Arc::clone(&stop));

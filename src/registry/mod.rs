@@ -69,7 +69,11 @@ impl Client {
                 .default_headers(headers.clone())
                 .user_agent(concat!("pkgfs/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(config.timeout)
-                .pool_idle_timeout(Duration::from_secs(50))
+                // Below common server keep-alive limits (30 s for `pkgfs
+                // serve`, 60-75 s for proxies): a request on a connection the
+                // server is closing fails after it was sent, and a PUT is
+                // then not retried blindly.
+                .pool_idle_timeout(Duration::from_secs(20))
                 .tcp_nodelay(true)
                 .danger_accept_invalid_certs(config.insecure)
         };

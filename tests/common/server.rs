@@ -37,6 +37,9 @@ pub struct TestServer {
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // Below the server's 30 s keep-alive limit (hyper's header read
+        // timeout), so a pooled connection is never reused as it closes.
+        .pool_idle_timeout(Duration::from_secs(10))
         .build()
         .expect("client")
 }
