@@ -5,10 +5,21 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::process::Command;
 
-use common::mount::{is_mounted, pkgfs_bin, Unmounter};
+use common::mount::{assert_mount_serves, is_mounted, pkgfs_bin, Unmounter};
 use common::server::TestServer;
+
+/// A private token file and an empty mount point in `dir`.
+fn token_file_and_mountpoint(dir: &std::path::Path, token: &str) -> (PathBuf, PathBuf) {
+    let file = dir.join("token");
+    std::fs::write(&file, token).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mp = dir.join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    (file, mp)
+}
 
 #[test]
 fn mount_helper_symlink_with_o_options() {
@@ -17,11 +28,7 @@ fn mount_helper_symlink_with_o_options() {
     let dir = tempfile::tempdir().unwrap();
     let helper = dir.path().join("mount.pkgfs");
     std::os::unix::fs::symlink(pkgfs_bin(), &helper).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, &server.token).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mp = dir.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
+    let (token, mp) = token_file_and_mountpoint(dir.path(), &server.token);
     let opts = format!(
         "rw,_netdev,token_file={},owner=alice,ro,cache_dir={},x-systemd.automount",
         token.display(),
@@ -36,16 +43,7 @@ fn mount_helper_symlink_with_o_options() {
         .output()
         .unwrap();
     let _guard = Unmounter(mp.clone());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(is_mounted(&mp));
-    assert_eq!(
-        std::fs::read(mp.join("alice/tool/1.0/t.bin")).unwrap(),
-        b"helper"
-    );
+    assert_mount_serves(&out, &mp, "alice/tool/1.0/t.bin", b"helper");
     let names: Vec<_> = std::fs::read_dir(&mp)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -173,15 +171,7 @@ fn debug_and_rust_log_control_the_log() {
         }
         let out = cmd.output().unwrap();
         let guard = Unmounter(mp.clone());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            std::fs::read(mp.join("alice/tool/1.0/t.bin")).unwrap(),
-            b"logs"
-        );
+        assert_mount_serves(&out, &mp, "alice/tool/1.0/t.bin", b"logs");
         drop(guard);
         std::fs::read_to_string(&log).unwrap()
     };
@@ -225,11 +215,7 @@ fn mount_t_fuse_pkgfs_through_mount_8() {
     let server = TestServer::start(&[]);
     server.put_ok("alice", "fstab", "1.0", "f", b"from fstab");
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, &server.token).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mp = dir.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
+    let (token, mp) = token_file_and_mountpoint(dir.path(), &server.token);
     let opts = format!(
         "token_file={},cache_dir={},_netdev,nofail,noatime",
         token.display(),
@@ -243,14 +229,5 @@ fn mount_t_fuse_pkgfs_through_mount_8() {
         .output()
         .unwrap();
     let _guard = Unmounter(mp.clone());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(is_mounted(&mp));
-    assert_eq!(
-        std::fs::read(mp.join("alice/fstab/1.0/f")).unwrap(),
-        b"from fstab"
-    );
+    assert_mount_serves(&out, &mp, "alice/fstab/1.0/f", b"from fstab");
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use common::mount::{pkgfs_bin, Mount, Unmounter};
+use common::mount::{assert_mount_serves, pkgfs_bin, Mount, Unmounter};
 use common::server::TestServer;
 use common::{data, sha256_hex};
 
@@ -305,27 +305,11 @@ fn tls_is_verified_unless_insecure_and_no_token_in_argv() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // A certificate the system trusts (a private CA) is accepted.
     let out = run_with(&[], Some(&ca));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        std::fs::read(mp.join("alice/tls/1/f")).unwrap(),
-        b"over tls"
-    );
+    assert_mount_serves(&out, &mp, "alice/tls/1/f", b"over tls");
     drop(_guard);
     let out = run(&["--insecure"]);
     let _guard = Unmounter(mp.clone());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        std::fs::read(mp.join("alice/tls/1/f")).unwrap(),
-        b"over tls"
-    );
+    assert_mount_serves(&out, &mp, "alice/tls/1/f", b"over tls");
     drop(_guard);
 
     let out = Command::new(pkgfs_bin())

@@ -156,6 +156,18 @@ impl Drop for Mount {
     }
 }
 
+/// Asserts that a `pkgfs mount` (or mount helper) run succeeded and that
+/// the mount serves `rel` with the bytes `want`.
+pub fn assert_mount_serves(out: &std::process::Output, mp: &Path, rel: &str, want: &[u8]) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(mp), "{} is not mounted", mp.display());
+    assert_eq!(std::fs::read(mp.join(rel)).unwrap(), want, "{rel}");
+}
+
 /// Unmounts a mount made by a background `pkgfs mount` when dropped.
 pub struct Unmounter(pub PathBuf);
 
