@@ -141,6 +141,8 @@ impl Filesystem for FuseFs {
             && config.set_max_stack_depth(1).is_ok()
         {
             self.passthrough.enable();
+        } else {
+            tracing::info!("FUSE passthrough unavailable: the kernel does not offer it (Linux >= 6.9 does); cached files are served through the page cache");
         }
         Ok(())
     }

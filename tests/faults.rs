@@ -711,6 +711,6 @@ fn too_many_requests_waits_for_retry_after_within_the_timeout() {
     let p = m.path("alice/busy/1/g");
     let err = bounded(20, "read under 429", move || std::fs::read(p).map(|_| ())).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(9), "{:?}", t.elapsed());
     assert!(m.log_text().contains("429"), "{}", m.log_text());
 }

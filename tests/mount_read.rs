@@ -755,13 +755,15 @@ fn cached_files_are_passed_through_and_mixed_opens_never_fail() {
 
     // Once no ordinary open is left, cache hits are passed through (when
     // the daemon may: root); RELEASE reaches the daemon a little later.
-    let root = unsafe { libc::geteuid() } == 0;
+    // Root may use it unless the kernel does not offer it (the log says).
+    let can =
+        unsafe { libc::geteuid() } == 0 && !m.log_text().contains("FUSE passthrough unavailable");
     let t = Instant::now();
-    while root && passthrough_opens() == 0 && t.elapsed() < Duration::from_secs(5) {
+    while can && passthrough_opens() == 0 && t.elapsed() < Duration::from_secs(5) {
         assert_eq!(std::fs::read(&p).unwrap(), src);
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!root || passthrough_opens() > 0, "{}", m.log_text());
+    assert!(!can || passthrough_opens() > 0, "{}", m.log_text());
     let a = std::fs::File::open(&p).unwrap();
     let mut b = std::fs::File::open(&p).unwrap();
     assert_eq!(mapped(&a), src);

@@ -538,7 +538,7 @@ fn a_retry_that_meets_the_same_bytes_succeeds_and_other_bytes_are_eexist() {
             serde_json::json!({"kind": "status", "status": 500, "count": 1, "method": "PUT"}),
         );
         server.fault_now(
-            serde_json::json!({"kind": "delay", "delay_ms": 1500, "count": 1, "method": "PUT"}),
+            serde_json::json!({"kind": "delay", "delay_ms": 3000, "count": 1, "method": "PUT"}),
         );
         let path = v.join(name);
         // (std::fs::write ignores the result of close(): close by hand.)
