@@ -221,7 +221,7 @@ impl Filesystem for FuseFs {
         let pid = req.pid();
         let pt = Arc::clone(&self.passthrough);
         self.spawn(move |fs| async move {
-            match fs.open(ino.0, write, Opener::of(pid)).await {
+            match fs.open(ino.0, write, pid).await {
                 Ok(fh) => {
                     // Published files never change: keep the page cache
                     // once the bytes are verified (served from the disk

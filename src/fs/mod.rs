@@ -562,14 +562,16 @@ impl Fs {
 
     /// Opens a published file for reading. Returns at once: no data is
     /// fetched until the first read.
-    pub async fn open(&self, ino: Ino, write: bool, opener: Opener) -> FsResult<u64> {
+    /// `pid` is the calling thread: only a handle on a file being written
+    /// notes its process (see `Opener`), so reads pay no /proc lookup.
+    pub async fn open(&self, ino: Ino, write: bool, pid: u32) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.kind.is_dir() {
             return Err(FsError::new(libc::EISDIR, node.path()));
         }
         if node.local {
             if let Some(w) = self.writer_of(ino) {
-                return Ok(self.add_handle(Handle::Write(w, opener)));
+                return Ok(self.add_handle(Handle::Write(w, Opener::of(pid))));
             }
         }
         if write {

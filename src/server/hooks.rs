@@ -147,7 +147,10 @@ impl Drop for PutGuard<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = v.in_flight.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
+            *n -= 1;
+            if *n == 0 {
+                v.in_flight.remove(&self.key);
+            }
         }
     }
 }

@@ -248,6 +248,11 @@ async fn handle(
             }
         }
     };
+    let mut resp = resp;
+    if !app.profile.total_count {
+        // As the proxy that `--no-total-count` imitates: on every answer.
+        resp.headers_mut().remove("x-total-count");
+    }
     meter.wrap(resp)
 }
 

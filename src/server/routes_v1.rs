@@ -273,9 +273,6 @@ impl Ctx<'_> {
         let base = self.app.public_url.as_str();
         r.headers_mut()
             .extend(paging::headers(base, path, &self.query, req, page.total));
-        if !self.app.profile.total_count {
-            r.headers_mut().remove("x-total-count");
-        }
         r
     }
 }
