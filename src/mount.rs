@@ -242,10 +242,12 @@ pub fn run(args: MountArgs) -> Result<()> {
 
 fn init_logging(args: &MountArgs, daemon_log: Option<&Path>) -> Result<()> {
     use tracing_subscriber::EnvFilter;
+    // fuser warns when it cannot unmount at the end of a session that
+    // `fusermount3 -u` already unmounted (EINVAL): not an error here.
     let default = if args.debug {
-        "pkgfs=debug,info"
+        "pkgfs=debug,info,fuser::mnt=error"
     } else {
-        "info"
+        "info,fuser::mnt=error"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let path = args.log_file.as_deref().or(daemon_log);

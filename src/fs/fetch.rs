@@ -1,7 +1,10 @@
 //! One shared, streamed download of a published file. Every reader of the
 //! same file (same sha256) shares one `Fetch`: bytes go into a sparse file
 //! under the cache's `partial/` directory as they arrive, and a read returns
-//! as soon as its own bytes are there. Streams are ranged GETs that run
+//! as soon as its own bytes are there (still in memory if they have not
+//! been written yet: the file is written in large aligned batches, so its
+//! page cache is made of large folios and reads of it later run at the
+//! speed of a local file). Streams are ranged GETs that run
 //! ahead of sequential readers by a growing window (up to the prefetch
 //! budget) and pause when they are far enough ahead; a read far from every
 //! stream starts a new ranged stream instead of waiting. When every byte is
@@ -16,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use rangemap::RangeSet;
 use tokio::sync::{watch, Notify};
@@ -32,8 +36,10 @@ const FIRST_WINDOW: u64 = 1024 * 1024;
 const RANDOM_WINDOW: u64 = 128 * 1024;
 /// Smallest ranged request.
 const MIN_REQUEST: u64 = 64 * 1024;
-/// Arrived bytes are made visible to readers at least this often.
-const PUBLISH_EVERY: u64 = 256 * 1024;
+/// Arrived bytes are made visible to readers at least this often, and
+/// written to the download file in aligned batches of this size (one
+/// `pwritev` each, not one `pwrite` per network chunk).
+const BATCH: u64 = 256 * 1024;
 /// The verifier hashes at most this much per blocking call.
 const VERIFY_BLOCK: u64 = 8 * 1024 * 1024;
 /// A stream idle (paused at its demand) this long closes its connection.
@@ -60,6 +66,9 @@ struct Stream {
     demand: u64,
     window: u64,
     cancelled: bool,
+    /// Published bytes not yet in the file, from `pos` backwards: readers
+    /// copy them from here.
+    unwritten: Vec<(u64, Bytes)>,
 }
 
 #[derive(Debug)]
@@ -99,7 +108,8 @@ pub struct Fetch {
 }
 
 enum Step {
-    Ready,
+    /// The bytes are there; these pieces of them are still in memory.
+    Ready(Vec<(u64, Bytes)>),
     Direct,
     Wait,
     /// Start stream (id, offset), and the verifier if it is not running.
@@ -174,7 +184,7 @@ impl Fetch {
         loop {
             let step = self.plan(offset..end, err_gen)?;
             match step {
-                Step::Ready => break,
+                Step::Ready(pieces) => return self.copy_out(offset..end, &pieces),
                 Step::Direct => return self.read_direct(offset, end).await,
                 Step::Start(id, start, verifier) => {
                     let me = Arc::clone(self);
@@ -198,13 +208,17 @@ impl Fetch {
                 }
             }
         }
-        let mut buf = vec![0u8; (end - offset) as usize];
-        self.file
-            .as_ref()
-            .ok_or_else(|| FsError::new(libc::EIO, "no download file"))?
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| FsError::io(e, "read download file"))?;
-        Ok(buf)
+    }
+
+    /// The bytes of `want`: from `pieces` where they are still in memory,
+    /// else from the download file.
+    fn copy_out(&self, want: Range<u64>, pieces: &[(u64, Bytes)]) -> FsResult<Vec<u8>> {
+        let file = self.file.as_ref();
+        assemble(want, pieces, |buf, off| match file {
+            Some(f) => f.read_exact_at(buf, off),
+            None => Err(std::io::Error::other("no download file")),
+        })
+        .map_err(|e| FsError::io(e, "read download file"))
     }
 
     /// A read straight from the registry into memory, used when the cache
@@ -261,13 +275,22 @@ impl Fetch {
         }
         let gap = st.present.gaps(&want).next();
         let Some(gap) = gap else {
-            if want.end < self.size || st.verdict == Verdict::Good {
-                return Ok(Step::Ready);
+            let ready = want.end < self.size || st.verdict == Verdict::Good || {
+                // The read reaching EOF: if it completes the file, wait for
+                // the checksum verdict; a tail read of a partial file does not.
+                st.present.gaps(&(0..self.size)).next().is_some()
+            };
+            if !ready {
+                return Ok(Step::Wait);
             }
-            // The read reaching EOF: if it completes the file, wait for
-            // the checksum verdict; a tail read of a partial file does not.
-            let complete = st.present.gaps(&(0..self.size)).next().is_none();
-            return Ok(if complete { Step::Wait } else { Step::Ready });
+            let pieces = st
+                .streams
+                .iter()
+                .flat_map(|s| s.unwritten.iter())
+                .filter(|(off, b)| *off < want.end && want.start < off + b.len() as u64)
+                .cloned()
+                .collect();
+            return Ok(Step::Ready(pieces));
         };
         if st.err_gen != err_gen {
             if let Some(e) = &st.last_error {
@@ -298,6 +321,7 @@ impl Fetch {
             demand: (want.end + window).min(self.size),
             window: (window * 2).min(self.prefetch_max),
             cancelled: false,
+            unwritten: Vec::new(),
         });
         let verifier = !std::mem::replace(&mut st.verifier, true);
         Ok(Step::Start(id, m, verifier))
@@ -305,17 +329,17 @@ impl Fetch {
 
     /// Downloads from `start` while readers want more, resuming after
     /// transient failures for up to the client timeout without progress.
-    /// Arrivals are published to readers in batches (every `PUBLISH_EVERY`
-    /// bytes, or whenever the next chunk is not there yet), so the cost per
-    /// network chunk stays a `pwrite`.
+    /// Arrivals are published to readers (in memory) every `BATCH` bytes
+    /// and whenever the next chunk is not there yet; they are written to
+    /// the file at each `BATCH` boundary and when the stream ends.
     async fn run_stream(self: Arc<Self>, id: u64, start: u64) {
         let mut pos = start;
-        let mut published = start;
+        let mut arrived = Arrived::new(start);
         let mut last_progress = Instant::now();
         let mut body: Option<registry::Download> = None;
         let mut backoff = Duration::from_millis(50);
         let outcome: Result<(), FsError> = 'outer: loop {
-            self.publish(id, &mut published, pos);
+            self.publish(id, &mut arrived);
             if pos >= self.size {
                 break Ok(());
             }
@@ -364,27 +388,31 @@ impl Fetch {
                 let next = match dl.chunk().now_or_never() {
                     Some(r) => r,
                     None => {
-                        self.publish(id, &mut published, pos);
+                        self.publish(id, &mut arrived);
                         dl.chunk().await
                     }
                 };
                 match next {
-                    Ok(Some(bytes)) => {
-                        let n = (bytes.len() as u64).min(self.size - pos) as usize;
-                        if let Err(e) = self.write_at(&bytes[..n], pos) {
-                            tracing::warn!(
-                                file = %self.what(),
-                                error = %e,
-                                "cannot write to the cache directory; further reads of this file bypass the cache"
-                            );
-                            self.lock().bypass = true;
-                            break 'outer Ok(());
-                        }
-                        pos += n as u64;
+                    Ok(Some(mut bytes)) => {
+                        bytes.truncate((bytes.len() as u64).min(self.size - pos) as usize);
+                        // Cut at the batch boundary, so that writes stay aligned.
+                        let boundary = (pos / BATCH + 1) * BATCH;
+                        let rest = (pos + bytes.len() as u64 > boundary)
+                            .then(|| bytes.split_off((boundary - pos) as usize));
+                        pos += bytes.len() as u64;
+                        arrived.push(bytes);
                         last_progress = Instant::now();
                         backoff = Duration::from_millis(50);
-                        if pos - published >= PUBLISH_EVERY || pos >= self.size {
-                            continue 'outer; // publish and check demand
+                        if pos >= boundary || pos >= self.size {
+                            self.publish(id, &mut arrived);
+                            if !self.write_out(id, &mut arrived) {
+                                break 'outer Ok(());
+                            }
+                            if let Some(rest) = rest {
+                                pos += rest.len() as u64;
+                                arrived.push(rest);
+                            }
+                            continue 'outer; // check demand
                         }
                     }
                     Ok(None) => {
@@ -396,7 +424,7 @@ impl Fetch {
                     {
                         tracing::info!(file = %self.what(), pos, error = %e, "download interrupted; resuming");
                         body = None;
-                        self.publish(id, &mut published, pos);
+                        self.publish(id, &mut arrived);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                         continue 'outer;
@@ -405,7 +433,8 @@ impl Fetch {
                 }
             }
         };
-        self.publish(id, &mut published, pos);
+        self.publish(id, &mut arrived);
+        self.write_out(id, &mut arrived);
         {
             let mut st = self.lock();
             st.streams.retain(|s| s.id != id);
@@ -418,28 +447,62 @@ impl Fetch {
         self.progress.send_modify(|v| *v += 1);
     }
 
-    fn write_at(&self, bytes: &[u8], pos: u64) -> std::io::Result<()> {
-        match &self.file {
-            Some(f) => f.write_all_at(bytes, pos),
-            None => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
-        }
-    }
-
-    /// Makes bytes `*published..pos` visible to readers.
-    fn publish(&self, id: u64, published: &mut u64, pos: u64) {
-        if pos <= *published {
+    /// Makes the arrived bytes visible to readers (from memory).
+    fn publish(&self, id: u64, arrived: &mut Arrived) {
+        if arrived.new.is_empty() {
             return;
         }
+        let from = arrived.published;
         {
             let mut st = self.lock();
-            st.present.insert(*published..pos);
+            st.present.insert(from..arrived.end);
             if let Some(s) = st.streams.iter_mut().find(|s| s.id == id) {
-                s.pos = pos;
+                s.pos = arrived.end;
+                let mut off = from;
+                for b in &arrived.new {
+                    s.unwritten.push((off, b.clone()));
+                    off += b.len() as u64;
+                }
             }
         }
-        *published = pos;
-        tracing::trace!(pos, "published");
+        arrived.published = arrived.end;
+        arrived.unwritten.append(&mut arrived.new);
+        tracing::trace!(pos = arrived.end, "published");
         self.progress.send_modify(|v| *v += 1);
+    }
+
+    /// Writes the published bytes to the download file (one `pwritev`) and
+    /// drops them from memory. False when the cache directory refused the
+    /// write: the file is then read around the cache (the bytes stay in
+    /// memory for reads already planned), and the stream ends.
+    fn write_out(&self, id: u64, arrived: &mut Arrived) -> bool {
+        if arrived.unwritten.is_empty() {
+            return true;
+        }
+        if self.lock().bypass {
+            return false;
+        }
+        let written = match &self.file {
+            Some(f) => write_all_vectored_at(f, &arrived.unwritten, arrived.written),
+            None => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+        };
+        if let Err(e) = written {
+            tracing::warn!(
+                file = %self.what(),
+                error = %e,
+                "cannot write to the cache directory; further reads of this file bypass the cache"
+            );
+            self.lock().bypass = true;
+            return false;
+        }
+        arrived.unwritten.clear();
+        arrived.written = arrived.published;
+        if let Some(s) = self.lock().streams.iter_mut().find(|s| s.id == id) {
+            s.unwritten.clear();
+        }
+        // The verifier hashes what is in the file.
+        self.progress.send_modify(|v| *v += 1);
+        true
     }
 
     /// Hashes the file from offset 0 as its bytes arrive, on a blocking
@@ -464,7 +527,13 @@ impl Fetch {
                     self.lock().verifier = false;
                     return;
                 }
-                st.present.get(&done).map_or(done, |r| r.end)
+                let present = st.present.get(&done).map_or(done, |r| r.end);
+                // Bytes still in memory are not in the file yet.
+                st.streams
+                    .iter()
+                    .filter_map(|s| s.unwritten.first().map(|(off, _)| *off))
+                    .filter(|&off| off >= done)
+                    .fold(present, u64::min)
             };
             if avail > done {
                 let end = avail.min(done + VERIFY_BLOCK);
@@ -559,6 +628,97 @@ impl Drop for Fetch {
     }
 }
 
+/// What a stream has received: `written..published` is visible to readers
+/// from memory (`unwritten`), `published..end` not yet visible (`new`).
+struct Arrived {
+    written: u64,
+    published: u64,
+    end: u64,
+    unwritten: Vec<Bytes>,
+    new: Vec<Bytes>,
+}
+
+impl Arrived {
+    fn new(start: u64) -> Arrived {
+        Arrived {
+            written: start,
+            published: start,
+            end: start,
+            unwritten: Vec::new(),
+            new: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        self.end += bytes.len() as u64;
+        if !bytes.is_empty() {
+            self.new.push(bytes);
+        }
+    }
+}
+
+/// Bytes `want` of a file: copied from `pieces` (offset, bytes) where they
+/// cover it, read with `read_at` elsewhere.
+fn assemble(
+    want: Range<u64>,
+    pieces: &[(u64, Bytes)],
+    mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; (want.end - want.start) as usize];
+    let mut from_file = RangeSet::new();
+    from_file.insert(want.clone());
+    for (off, bytes) in pieces {
+        let lo = (*off).max(want.start);
+        let hi = (off + bytes.len() as u64).min(want.end);
+        if lo < hi {
+            buf[(lo - want.start) as usize..(hi - want.start) as usize]
+                .copy_from_slice(&bytes[(lo - off) as usize..(hi - off) as usize]);
+            from_file.remove(lo..hi);
+        }
+    }
+    for r in from_file.iter() {
+        read_at(
+            &mut buf[(r.start - want.start) as usize..(r.end - want.start) as usize],
+            r.start,
+        )?;
+    }
+    Ok(buf)
+}
+
+/// `pwritev` of all of `bufs` at `offset`, resumed after short writes.
+fn write_all_vectored_at(file: &File, bufs: &[Bytes], mut offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let iovcnt = rest.len().min(1024) as libc::c_int;
+        // SAFETY: IoSlice is ABI-compatible with iovec on Unix, and the
+        // slices borrow buffers that outlive the call.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                rest.as_ptr().cast::<libc::iovec>(),
+                iovcnt,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+        }
+        offset += n as u64;
+        std::io::IoSlice::advance_slices(&mut rest, n as usize);
+    }
+    Ok(())
+}
+
 /// Feeds bytes `start..end` of `file` into `ctx`.
 fn hash_range(
     file: &File,
@@ -575,4 +735,46 @@ fn hash_range(
         off += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn reads_combine_memory_pieces_and_the_file() {
+        let src = source(4096);
+        let piece = |a: usize, b: usize| (a as u64, Bytes::copy_from_slice(&src[a..b]));
+        // Memory holds 100..300 and 1000..1001; the rest comes from the file.
+        let pieces = [piece(100, 300), piece(1000, 1001)];
+        for want in [0..4096u64, 150..250, 50..150, 250..1500, 999..1002, 3000..3001] {
+            let mut file_reads = Vec::new();
+            let got = assemble(want.clone(), &pieces, |buf, off| {
+                file_reads.push(off..off + buf.len() as u64);
+                buf.copy_from_slice(&src[off as usize..off as usize + buf.len()]);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, &src[want.start as usize..want.end as usize], "{want:?}");
+            for r in &file_reads {
+                assert!(r.end <= 100 || r.start >= 300, "{r:?} was in memory");
+                assert!(!(r.start <= 1000 && 1000 < r.end), "{r:?} was in memory");
+            }
+        }
+    }
+
+    #[test]
+    fn vectored_writes_land_every_byte_in_order() {
+        let src = source(3 * 100_000 + 17);
+        let bufs: Vec<Bytes> = src.chunks(100_000).map(Bytes::copy_from_slice).collect();
+        let f = tempfile::tempfile().unwrap();
+        write_all_vectored_at(&f, &bufs, 5).unwrap();
+        let mut back = vec![0u8; src.len()];
+        f.read_exact_at(&mut back, 5).unwrap();
+        assert_eq!(back, src);
+    }
 }
