@@ -134,6 +134,9 @@ impl Filesystem for FuseFs {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(64);
+        // Write handles are opened with FOPEN_DIRECT_IO (see `create`);
+        // this keeps shared writable mmap working on them (Linux >= 6.6).
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         // Cached files are read by the kernel from the cache file itself
         // where it can (see `passthrough`); a backing file on ext4, xfs,
         // btrfs or tmpfs has stack depth 0, below this limit of 1.
@@ -316,12 +319,16 @@ impl Filesystem for FuseFs {
             match fs.create(parent.0, &name, Opener::of(pid)).await {
                 Ok((a, fh)) => {
                     pt.note_cached_open(a.ino, fh);
+                    // Direct I/O: the data goes from the writer's pages to
+                    // the spool without filling the page cache of the
+                    // mount as well (a third copy of every byte published;
+                    // `cp` spends half the system time on it).
                     reply.created(
                         &ttl,
                         &to_attr(&a),
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        FopenFlags::FOPEN_DIRECT_IO,
                     )
                 }
                 Err(e) => reply.error(errno("create", &e)),

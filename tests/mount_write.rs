@@ -684,6 +684,50 @@ fn spooled_writes_support_offsets_truncate_and_reread_before_close() {
     );
 }
 
+/// Linkers (lld, gold) and other tools write their output through a
+/// shared writable mmap: the pages must reach the spool and be published.
+#[test]
+fn a_file_written_through_a_shared_mmap_is_published() {
+    use std::os::fd::AsRawFd;
+    let server = TestServer::start(&[]);
+    let m = mount(&server, &[]);
+    std::fs::create_dir_all(m.path("alice/mm/1.0")).unwrap();
+    let want = data(3 * 1024 * 1024 + 123, 41);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(m.path("alice/mm/1.0/a.out"))
+        .unwrap();
+    f.set_len(want.len() as u64).unwrap();
+    let fd = f.as_raw_fd();
+    // SAFETY: a fresh mapping of `want.len()` bytes of our own file.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            want.len(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        std::ptr::copy_nonoverlapping(want.as_ptr(), p.cast::<u8>(), want.len());
+        // No msync: unmapping and closing must be enough, as for a linker.
+        assert_eq!(libc::munmap(p, want.len()), 0);
+    }
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    // SAFETY: we own fd; close() reports the upload's outcome.
+    assert_eq!(
+        unsafe { libc::close(fd) },
+        0,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    let got = remote(&server, "alice", "mm", "1.0", "a.out").expect("published");
+    assert_eq!(sha256_hex(&got), sha256_hex(&want));
+}
+
 #[test]
 fn large_upload_keeps_daemon_memory_flat() {
     let server = TestServer::start(&[]);

@@ -751,7 +751,14 @@ mod tests {
         let piece = |a: usize, b: usize| (a as u64, Bytes::copy_from_slice(&src[a..b]));
         // Memory holds 100..300 and 1000..1001; the rest comes from the file.
         let pieces = [piece(100, 300), piece(1000, 1001)];
-        for want in [0..4096u64, 150..250, 50..150, 250..1500, 999..1002, 3000..3001] {
+        for want in [
+            0..4096u64,
+            150..250,
+            50..150,
+            250..1500,
+            999..1002,
+            3000..3001,
+        ] {
             let mut file_reads = Vec::new();
             let got = assemble(want.clone(), &pieces, |buf, off| {
                 file_reads.push(off..off + buf.len() as u64);
@@ -759,7 +766,11 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-            assert_eq!(got, &src[want.start as usize..want.end as usize], "{want:?}");
+            assert_eq!(
+                got,
+                &src[want.start as usize..want.end as usize],
+                "{want:?}"
+            );
             for r in &file_reads {
                 assert!(r.end <= 100 || r.start >= 300, "{r:?} was in memory");
                 assert!(!(r.start <= 1000 && 1000 < r.end), "{r:?} was in memory");
