@@ -15,7 +15,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{errno_name, Attr, Fs, FsError, FsResult, Invalidate, Opener};
+use crate::fs::{errno_name, Attr, Fs, FsError, FsResult, Invalidate, OpenDir, Opener};
 
 mod passthrough;
 use passthrough::Passthrough;
@@ -171,12 +171,25 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(move |fs| async move {
-            match fs.opendir(ino.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        // The kernel caches listings (FOPEN_CACHE_DIR) and keeps its cache
+        // while the entries are unchanged; a fresh listing is answered
+        // here, one to fetch on the runtime.
+        fn answer(r: FsResult<OpenDir>, reply: ReplyOpen) {
+            match r {
+                Ok(d) => {
+                    let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                    if d.unchanged {
+                        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    reply.opened(FileHandle(d.fh), flags)
+                }
                 Err(e) => reply.error(errno("opendir", &e)),
             }
-        });
+        }
+        match self.fs.opendir_now(ino.0) {
+            Some(r) => answer(r, reply),
+            None => self.spawn(move |fs| async move { answer(fs.opendir(ino.0).await, reply) }),
+        }
     }
 
     fn readdir(

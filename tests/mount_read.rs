@@ -448,6 +448,33 @@ fn anonymous_mount_of_a_public_owner() {
     );
 }
 
+/// The kernel keeps listings it read (FOPEN_CACHE_DIR) only while pkgfs's
+/// entries are unchanged: changes behind the mount show after the TTL,
+/// changes through the mount at once.
+#[test]
+fn cached_listings_follow_changes_behind_and_through_the_mount() {
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "ch", "1", "a", b"a");
+    let m = mount(&server, &["--metadata-ttl", "2"]);
+    let v = m.path("alice/ch/1");
+    assert_eq!(names(&v), vec!["a"]);
+    assert_eq!(names(&v), vec!["a"]);
+    server.put_ok("alice", "ch", "1", "b", b"b");
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(names(&v), vec!["a", "b"]);
+    assert_eq!(names(&v), vec!["a", "b"]);
+    server.delete_ok("alice", "ch", "1", "a");
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(names(&v), vec!["b"]);
+    // Through the mount: visible at once, within the TTL.
+    std::fs::write(v.join("c"), b"c").unwrap();
+    assert_eq!(names(&v), vec!["b", "c"]);
+    std::fs::remove_file(v.join("b")).unwrap();
+    assert_eq!(names(&v), vec!["c"]);
+    std::fs::create_dir(m.path("alice/ch/2")).unwrap();
+    assert_eq!(names(&m.path("alice/ch")), vec!["1", "2"]);
+}
+
 #[test]
 fn dead_registry_gives_eio_within_the_timeout_and_recovers() {
     let mut server = TestServer::start(&[]);

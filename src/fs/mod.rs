@@ -73,6 +73,15 @@ pub struct DirEntry {
     pub name: String,
 }
 
+/// An open directory handle.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenDir {
+    pub fh: u64,
+    /// The entries are the same as at the previous open of this
+    /// directory: a listing the kernel cached from it is still right.
+    pub unchanged: bool,
+}
+
 /// Filesystem totals for statfs.
 #[derive(Debug, Clone, Copy)]
 pub struct StatFs {
@@ -105,6 +114,9 @@ pub struct Fs {
     /// Login of the token's user, if any.
     login: Mutex<Option<String>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Per directory, a fingerprint of the entries the last `opendir`
+    /// gave out: while it holds, the kernel's cached listing is current.
+    dir_seen: Mutex<HashMap<Ino, u64>>,
     next_fh: AtomicU64,
     fetches: Mutex<HashMap<String, Weak<Fetch>>>,
     /// Files being written, by inode.
@@ -145,6 +157,7 @@ impl Fs {
             probed: Mutex::new(HashMap::new()),
             login: Mutex::new(None),
             handles: Mutex::new(HashMap::new()),
+            dir_seen: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             fetches: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
@@ -487,13 +500,33 @@ impl Fs {
 
     /// Opens a directory: lists it (if stale) and snapshots the entries so
     /// readdir offsets stay stable.
-    pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
+    pub async fn opendir(&self, ino: Ino) -> FsResult<OpenDir> {
+        let node = self.dir_node(ino)?;
+        self.ensure_listing(&node).await?;
+        Ok(self.open_listed_dir(ino))
+    }
+
+    /// `opendir` without waiting: `None` when the listing must be fetched
+    /// first (then call [`Fs::opendir`]).
+    pub fn opendir_now(&self, ino: Ino) -> Option<FsResult<OpenDir>> {
+        let node = match self.dir_node(ino) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        let fresh = lock(&self.tree).is_fresh(node.ino, self.config.metadata_ttl);
+        fresh.then(|| Ok(self.open_listed_dir(ino)))
+    }
+
+    fn dir_node(&self, ino: Ino) -> FsResult<Node> {
         let node = self.node(ino)?;
         if !node.kind.is_dir() {
             return Err(FsError::new(libc::ENOTDIR, node.path()));
         }
-        self.ensure_listing(&node).await?;
-        let entries = lock(&self.tree)
+        Ok(node)
+    }
+
+    fn open_listed_dir(&self, ino: Ino) -> OpenDir {
+        let entries: Vec<DirEntry> = lock(&self.tree)
             .children(ino)
             .into_iter()
             .map(|(ino, kind, name)| DirEntry {
@@ -502,7 +535,19 @@ impl Fs {
                 name,
             })
             .collect();
-        Ok(self.add_handle(Handle::Dir(entries)))
+        let print = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for e in &entries {
+                (e.ino, e.is_dir, &e.name).hash(&mut h);
+            }
+            h.finish()
+        };
+        let unchanged = lock(&self.dir_seen).insert(ino, print) == Some(print);
+        OpenDir {
+            fh: self.add_handle(Handle::Dir(entries)),
+            unchanged,
+        }
     }
 
     /// Entries of an open directory from `offset` on (`.` and `..` first).
