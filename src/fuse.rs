@@ -155,12 +155,16 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENOENT);
         };
         let ttl = self.ttl;
-        self.spawn(move |fs| async move {
-            match fs.lookup(parent.0, &name).await {
-                Ok(a) => reply.entry(&ttl, &to_attr(&a), Generation(0)),
-                Err(e) => reply.error(errno("lookup", &e)),
+        let answer = move |r: FsResult<Attr>, reply: ReplyEntry| match r {
+            Ok(a) => reply.entry(&ttl, &to_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("lookup", &e)),
+        };
+        match self.fs.lookup_now(parent.0, &name) {
+            Some(r) => answer(r, reply),
+            None => {
+                self.spawn(move |fs| async move { answer(fs.lookup(parent.0, &name).await, reply) })
             }
-        });
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -221,22 +221,7 @@ impl Fs {
 
     /// Finds `name` in directory `parent`.
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
-        if name.len() > crate::protocol::MAX_COMPONENT_LEN {
-            return Err(FsError::new(
-                libc::ENAMETOOLONG,
-                "name longer than 255 bytes",
-            ));
-        }
-        let pnode = self.node(parent)?;
-        if !pnode.kind.is_dir() {
-            return Err(FsError::new(libc::ENOTDIR, pnode.path()));
-        }
-        if !name_ok_for(pnode.kind, name) {
-            return Err(FsError::not_found(format!(
-                "{}/{name}: not a valid name",
-                pnode.path()
-            )));
-        }
+        let pnode = self.lookup_parent(parent, name)?;
         let cached = lock(&self.tree).is_fresh(parent, self.config.metadata_ttl);
         if pnode.kind == Kind::Owner && !pnode.local && !cached {
             return self.lookup_package(&pnode, name).await;
@@ -263,6 +248,42 @@ impl Fs {
             }
         }
         Err(FsError::not_found(format!("{}/{name}", pnode.path())))
+    }
+
+    /// `lookup` without waiting: `None` unless the answer is a child of a
+    /// fresh listing (then call [`Fs::lookup`]). `ls -l` of a listed
+    /// directory looks up every entry: these are answered on the spot.
+    pub fn lookup_now(&self, parent: Ino, name: &str) -> Option<FsResult<Attr>> {
+        let pnode = match self.lookup_parent(parent, name) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        let tree = lock(&self.tree);
+        if !tree.is_fresh(pnode.ino, self.config.metadata_ttl) {
+            return None;
+        }
+        tree.child(parent, name).map(|n| Ok(self.attr_of(n)))
+    }
+
+    /// The directory `parent`, if `name` may be looked up in it.
+    fn lookup_parent(&self, parent: Ino, name: &str) -> FsResult<Node> {
+        if name.len() > crate::protocol::MAX_COMPONENT_LEN {
+            return Err(FsError::new(
+                libc::ENAMETOOLONG,
+                "name longer than 255 bytes",
+            ));
+        }
+        let pnode = self.node(parent)?;
+        if !pnode.kind.is_dir() {
+            return Err(FsError::new(libc::ENOTDIR, pnode.path()));
+        }
+        if !name_ok_for(pnode.kind, name) {
+            return Err(FsError::not_found(format!(
+                "{}/{name}: not a valid name",
+                pnode.path()
+            )));
+        }
+        Ok(pnode)
     }
 
     /// Adds an owner known to exist to the root (kept if already there).
