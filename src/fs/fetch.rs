@@ -405,7 +405,7 @@ impl Fetch {
                         backoff = Duration::from_millis(50);
                         if pos >= boundary || pos >= self.size {
                             self.publish(id, &mut arrived);
-                            if !self.write_out(id, &mut arrived) {
+                            if !self.write_out(id) {
                                 break 'outer Ok(());
                             }
                             if let Some(rest) = rest {
@@ -434,7 +434,7 @@ impl Fetch {
             }
         };
         self.publish(id, &mut arrived);
-        self.write_out(id, &mut arrived);
+        self.write_out(id);
         {
             let mut st = self.lock();
             st.streams.retain(|s| s.id != id);
@@ -455,18 +455,19 @@ impl Fetch {
         let from = arrived.published;
         {
             let mut st = self.lock();
-            st.present.insert(from..arrived.end);
-            if let Some(s) = st.streams.iter_mut().find(|s| s.id == id) {
-                s.pos = arrived.end;
-                let mut off = from;
-                for b in &arrived.new {
-                    s.unwritten.push((off, b.clone()));
-                    off += b.len() as u64;
-                }
+            let Some(s) = st.streams.iter_mut().find(|s| s.id == id) else {
+                return;
+            };
+            s.pos = arrived.end;
+            let mut off = from;
+            for b in arrived.new.drain(..) {
+                let len = b.len() as u64;
+                s.unwritten.push((off, b));
+                off += len;
             }
+            st.present.insert(from..arrived.end);
         }
         arrived.published = arrived.end;
-        arrived.unwritten.append(&mut arrived.new);
         tracing::trace!(pos = arrived.end, "published");
         self.progress.send_modify(|v| *v += 1);
     }
@@ -475,15 +476,22 @@ impl Fetch {
     /// drops them from memory. False when the cache directory refused the
     /// write: the file is then read around the cache (the bytes stay in
     /// memory for reads already planned), and the stream ends.
-    fn write_out(&self, id: u64, arrived: &mut Arrived) -> bool {
-        if arrived.unwritten.is_empty() {
-            return true;
-        }
-        if self.lock().bypass {
-            return false;
-        }
+    fn write_out(&self, id: u64) -> bool {
+        let (start, bufs): (u64, Vec<Bytes>) = {
+            let st = self.lock();
+            let Some(s) = st.streams.iter().find(|s| s.id == id) else {
+                return true;
+            };
+            let Some(&(start, _)) = s.unwritten.first() else {
+                return true;
+            };
+            if st.bypass {
+                return false;
+            }
+            (start, s.unwritten.iter().map(|(_, b)| b.clone()).collect())
+        };
         let written = match &self.file {
-            Some(f) => write_all_vectored_at(f, &arrived.unwritten, arrived.written),
+            Some(f) => write_all_vectored_at(f, &bufs, start),
             None => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
         };
         if let Err(e) = written {
@@ -495,10 +503,8 @@ impl Fetch {
             self.lock().bypass = true;
             return false;
         }
-        arrived.unwritten.clear();
-        arrived.written = arrived.published;
         if let Some(s) = self.lock().streams.iter_mut().find(|s| s.id == id) {
-            s.unwritten.clear();
+            s.unwritten.drain(..bufs.len());
         }
         // The verifier hashes what is in the file.
         self.progress.send_modify(|v| *v += 1);
@@ -628,23 +634,20 @@ impl Drop for Fetch {
     }
 }
 
-/// What a stream has received: `written..published` is visible to readers
-/// from memory (`unwritten`), `published..end` not yet visible (`new`).
+/// What a stream has received and not yet published to readers:
+/// `published..end` (`new`). Published bytes not yet in the file are the
+/// stream's `unwritten` pieces.
 struct Arrived {
-    written: u64,
     published: u64,
     end: u64,
-    unwritten: Vec<Bytes>,
     new: Vec<Bytes>,
 }
 
 impl Arrived {
     fn new(start: u64) -> Arrived {
         Arrived {
-            written: start,
             published: start,
             end: start,
-            unwritten: Vec::new(),
             new: Vec::new(),
         }
     }
