@@ -81,6 +81,8 @@ for i in $(seq $nversions); do echo "$api/p$((i % 20))/v$i/f"; done |
 
 now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# BENCH_VERBOSE=1 prints every run of each case (to stderr) besides the medians.
+show_runs() { if [ -n "${BENCH_VERBOSE:-}" ]; then echo "  runs: pkgfs ${p[*]} | reference ${c[*]}" >&2; fi; }
 
 do_mount() { # fresh cache unless $1 = keep
   [ "${1:-}" = keep ] || rm -rf "$work/cache"
@@ -116,7 +118,7 @@ if want read; then
     h+=("$(python3 -c "print($t1-$t0)")")
   done
   hm=$(printf '%s\n' "${h[@]}" | median)
-  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median); show_runs
   row "cold sequential read ${size_mb} MiB, verified (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$hm))")" "$(ratio "$hm" "$pm")" "curl | sha256sum"
   row "cold sequential read ${size_mb} MiB (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$cm))")" "$(ratio "$cm" "$pm")" "curl; peak RSS $(printf '%s\n' "${r[@]}" | sort -n | tail -1) MiB"
 fi
@@ -133,7 +135,7 @@ if want warm; then
     t0=$(now); dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")")
     t0=$(now); dd if="$work/local.bin" of=/dev/null bs=1M status=none; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")")
   done
-  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median); show_runs
   row "warm re-read ${size_mb} MiB (MB/s)" "$(python3 -c "print(round($size_mb/$pm))")" "$(python3 -c "print(round($size_mb/$cm))")" "$(ratio "$cm" "$pm")" "local file; peak RSS $(hwm) MiB"
   do_umount
 fi
@@ -154,7 +156,7 @@ print((time.perf_counter() - t) * 1000)" "$mnt/alice/bench/1/big.bin")")
     do_umount
     c+=("$(curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" -o /dev/null -r 0-4095 -w '%{time_starttransfer}' "$api/bench/1/big.bin" | python3 -c "import sys; print(float(sys.stdin.read())*1000)")")
   done
-  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median); show_runs
   row "first byte of ${size_mb} MiB file (ms)" "$(printf %.2f "$pm")" "$(printf %.2f "$cm")" "$(python3 -c "print(f'+{$pm-$cm:.2f}ms')")" "open+read 4 KiB vs curl time_starttransfer"
 fi
 
@@ -201,7 +203,7 @@ if want ls; then
       t0=$(now); ls -lR "$work/local/$lpath" >/dev/null; t1=$(now); c+=("$(python3 -c "print($t1-$t0)")")
     done
     wreq=$(stat_of requests)
-    pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+    pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median); show_runs
     warm=$(python3 -c "print(round($pm*1000,1))"); local_ms=$(python3 -c "print(round($cm*1000,1))")
     row "$label, cold / warm (ms)" "$cold / $warm" "$local_ms" "$(ratio "$pm" "$cm")" "local tree; requests: $lreq to resolve the path, $creq to list it cold, $wreq warm"
     do_umount
@@ -214,7 +216,8 @@ if want cp; then
   do_mount
   # Each upload starts from clean page cache (sync: the previous run's
   # dirty pages are not written back during this one), and the order
-  # alternates so that neither side always follows the other.
+  # alternates so that neither side always follows the other. The page
+  # cache is not dropped between runs: a user's machine does not either.
   # Every upload is of new bytes (the first 32 are stamped before it), as a
   # real publication is: neither side may find its blob already stored.
   stamp() { printf '%-32s' "$1-$n-$RANDOM" | dd of="$big" bs=32 count=1 conv=notrunc status=none; }
@@ -225,7 +228,7 @@ if want cp; then
     mkdir -p "$mnt/alice/up/$n"
     if [ $((n % 2)) = 1 ]; then cp_once; curl_once; else curl_once; cp_once; fi
   done
-  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
+  pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median); show_runs
   row "cp ${size_mb} MiB into the mount (s)" "$(printf %.2f "$pm")" "$(printf %.2f "$cm")" "$(ratio "$pm" "$cm")" "curl --upload-file; peak RSS $(hwm) MiB"
   do_umount
 fi

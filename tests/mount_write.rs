@@ -1010,3 +1010,134 @@ fn puts_carry_octet_stream_and_a_length_or_chunks() {
         );
     }
 }
+
+/// Resident bytes of `path` in the page cache (mincore over a mapping).
+fn resident_bytes(path: &Path) -> u64 {
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    if len == 0 {
+        return 0;
+    }
+    use std::os::fd::AsRawFd;
+    let page = 4096usize;
+    let pages = len.div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: a read-only private mapping of an open file, unmapped below;
+    // mincore writes one byte per page into `vec`, which has that many.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+        libc::munmap(addr, len);
+    }
+    vec.iter().filter(|b| **b & 1 == 1).count() as u64 * page as u64
+}
+
+/// Whether files in `dir` can be opened with O_DIRECT (ext4, xfs, btrfs,
+/// tmpfs since 6.6; not every file system).
+fn direct_io_works(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".direct-probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// The bulk of a big file is spooled and uploaded around the page cache
+/// (O_DIRECT), the head and unaligned writes through it: any mix of the
+/// two reads back exactly, before and after publication.
+#[test]
+fn big_files_spool_around_the_page_cache_and_mixed_writes_stay_exact() {
+    let server = TestServer::start(&[]);
+    let cache_holder = tempfile::TempDir::new().unwrap();
+    let cache = cache_holder.path().join("cache");
+    let m = Mount::start_with_cache(&server.url, Some(&server.token), &[], &cache);
+    std::fs::create_dir_all(m.path("alice/dio/1.0")).unwrap();
+
+    // 1. A mixed write pattern, re-read through the mount before close.
+    let mib = 1 << 20;
+    let src = data(40 * mib + 1, 11);
+    let mut model = vec![0u8; 0];
+    let p = m.path("alice/dio/1.0/mixed.bin");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut put = |f: &std::fs::File, off: usize, bytes: &[u8]| {
+        f.write_all_at(bytes, off as u64).unwrap();
+        if model.len() < off + bytes.len() {
+            model.resize(off + bytes.len(), 0);
+        }
+        model[off..off + bytes.len()].copy_from_slice(bytes);
+    };
+    for i in 0..40 {
+        // From an odd address: the daemon stages it for direct I/O.
+        put(&f, i * mib, &src[1 + i * mib..1 + (i + 1) * mib]);
+    }
+    put(&f, 8 * mib - 100, &src[..5000]); // straddles the direct boundary
+    put(&f, 20 * mib + 3 * 4096, &src[7..7 + 8192]); // aligned, inside
+    put(&f, 30 * mib + 17, &src[..4000]); // unaligned, inside
+    put(&f, 40 * mib, &src[..777]); // unaligned tail
+    let mut back = vec![0u8; model.len()];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == model, "spooled bytes differ before close");
+    f.set_len(40 * mib as u64 - 1000).unwrap();
+    model.truncate(40 * mib - 1000);
+    let fd = {
+        use std::os::fd::IntoRawFd;
+        f.into_raw_fd()
+    };
+    // SAFETY: closing a descriptor this test owns; its result is the upload's.
+    assert_eq!(
+        unsafe { libc::close(fd) },
+        0,
+        "close: {}",
+        std::io::Error::last_os_error()
+    );
+    let got = remote(&server, "alice", "dio", "1.0", "mixed.bin").unwrap();
+    assert_eq!(got.len(), model.len());
+    assert!(got == model, "published bytes differ");
+    assert!(
+        std::fs::read(&p).unwrap() == model,
+        "read back through the mount differs"
+    );
+
+    // 2. A plain cp of 64 MiB leaves little of it in the page cache.
+    let local = tempfile::TempDir::new().unwrap();
+    let big = data(64 * mib, 12);
+    let lp = write_local(local.path(), "big.bin", &big);
+    let out = sh(&format!(
+        "cp {} {}/",
+        lp.display(),
+        m.path("alice/dio/1.0").display()
+    ));
+    ok(&out);
+    let sha = sha256_hex(&big);
+    let entry = cache.join("blobs").join(&sha);
+    assert!(entry.exists(), "the published file is in the cache");
+    if direct_io_works(&cache) {
+        let resident = resident_bytes(&entry);
+        assert!(
+            resident <= 16 * mib as u64,
+            "{resident} bytes of the 64 MiB upload stayed in the page cache"
+        );
+    } else {
+        eprintln!("the cache's file system refuses O_DIRECT: page-cache check skipped");
+    }
+    assert!(std::fs::read(m.path("alice/dio/1.0/big.bin")).unwrap() == big);
+}

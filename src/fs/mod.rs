@@ -7,6 +7,7 @@
 mod error;
 mod fetch;
 mod process;
+mod spool;
 mod tree;
 mod upstream;
 mod write;

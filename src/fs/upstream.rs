@@ -3,25 +3,22 @@
 //! `close()` waits only for the tail instead of for the whole upload.
 //!
 //! The spool stays the source of truth: the PUT reads its bytes back from
-//! the spool as writes land, with a chunked body. `close()` seals the body
+//! the spool as writes land (whole aligned pieces until the end is known,
+//! see `spool`), with a chunked body. `close()` seals the body
 //! at the final size and waits for the registry's answer. Anything that is
 //! not an append (a write elsewhere, a truncate, a rename, an unlink, a
 //! failed write) drops the [`Upstream`], which aborts the request mid-body
 //! so the registry stores nothing; the file is then uploaded whole at
 //! `close()`, as without streaming.
 
-use std::fs::File;
-use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::spool::{SpoolReader, ALIGN, CHUNK};
 use crate::registry::{self, Client, FileRef};
-
-/// Largest chunk read from the spool per body frame.
-const CHUNK: u64 = 256 * 1024;
 
 /// What the body may send so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,14 +39,14 @@ pub(super) struct Upstream {
 }
 
 impl Upstream {
-    /// Starts the PUT of `fref` from `spool` (a descriptor of its own, read
-    /// from offset 0 on), of which `avail` bytes are written. `hold` is kept until the request ends (the version lock of
+    /// Starts the PUT of `fref` from `spool`, of which `avail` bytes are
+    /// written. `hold` is kept until the request ends (the version lock of
     /// a first upload, registry-api.md §9 rule 13).
     pub fn start<H: Send + 'static>(
         rt: &tokio::runtime::Handle,
         client: Client,
         fref: FileRef,
-        spool: Arc<File>,
+        spool: Arc<SpoolReader>,
         avail: u64,
         hold: H,
     ) -> Upstream {
@@ -92,7 +89,7 @@ impl Drop for Upstream {
     }
 }
 
-type BodyState = (Arc<File>, watch::Receiver<Feed>, u64, bool);
+type BodyState = (Arc<SpoolReader>, watch::Receiver<Feed>, u64, bool);
 
 /// The next frame of the body: spool bytes as they become available, the
 /// end once sealed, an error (which aborts the request) once aborted.
@@ -109,25 +106,22 @@ async fn body_chunk(
             Feed::Sealed(n) => (n, true),
             Feed::Aborted => break,
         };
-        if sent < avail {
-            let len = (avail - sent).min(CHUNK);
-            let file = Arc::clone(&spool);
-            // The spool is read sequentially through its own descriptor
-            // (opened for this upload), so `read_to_end` fills the buffer
-            // without zeroing it first.
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = Vec::with_capacity(len as usize);
-                (&*file).take(len).read_to_end(&mut buf)?;
-                if buf.len() as u64 != len {
-                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-                }
-                Ok(buf)
-            })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
+        // Until the end is known, only whole aligned pieces are sent, so
+        // that every read starts aligned (direct reads need it).
+        let ready = if sealed {
+            avail.saturating_sub(sent)
+        } else {
+            avail.saturating_sub(sent) / ALIGN * ALIGN
+        };
+        if ready > 0 {
+            let len = ready.min(CHUNK);
+            let reader = Arc::clone(&spool);
+            let read = tokio::task::spawn_blocking(move || reader.read_at(sent, len as usize))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
             return Some(match read {
-                Ok(buf) => (Ok(Bytes::from(buf)), (spool, rx, sent + len, false)),
+                Ok(buf) => (Ok(buf), (spool, rx, sent + len, false)),
                 Err(e) => (Err(e), (spool, rx, sent, true)),
             });
         }

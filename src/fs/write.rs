@@ -11,13 +11,11 @@
 //! starting with `.` are local scratch files until renamed to a publishable
 //! name.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::error::{FsError, FsResult};
+use super::spool::{self, Spool, SpoolReader};
 use super::tree::{ChildSpec, Ino, Kind, Node};
 use super::upstream::Upstream;
 use super::{lock, Attr, Fs, Handle};
@@ -27,8 +25,7 @@ use crate::registry::{self, FileRef};
 /// Data of one file being written, shared by all its handles.
 pub(super) struct Writer {
     pub ino: Ino,
-    spool: PathBuf,
-    file: File,
+    spool: Spool,
     state: Mutex<WriterState>,
     /// One publication at a time.
     publishing: tokio::sync::Mutex<()>,
@@ -65,7 +62,7 @@ fn erofs() -> FsError {
 
 impl Writer {
     pub(super) fn read(&self, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        super::pread(&self.file, offset, size)
+        super::pread(self.spool.file(), offset, size)
     }
 
     fn is_published(&self) -> bool {
@@ -248,14 +245,15 @@ impl Fs {
         if !pnode.local {
             self.ensure_listing(&pnode).await?;
         }
-        let (spool, file) = self
+        let (path, file) = self
             .cache
             .new_spool()
             .map_err(|e| FsError::io(e, "create spool file"))?;
+        let spool = Spool::new(path, file);
         let ino = {
             let mut tree = lock(&self.tree);
             if let Some(existing) = tree.child(parent, name) {
-                let _ = std::fs::remove_file(&spool);
+                let _ = std::fs::remove_file(&spool.path);
                 return Err(FsError::new(
                     libc::EEXIST,
                     format!(
@@ -276,7 +274,6 @@ impl Fs {
         let writer = Arc::new(Writer {
             ino,
             spool,
-            file,
             state: Mutex::new(WriterState {
                 size: 0,
                 wrote: false,
@@ -325,7 +322,7 @@ impl Fs {
                 "the file is already published (or being published, or failed to publish); published files cannot change",
             ));
         }
-        if let Err(e) = w.file.write_all_at(data, offset) {
+        if let Err(e) = w.spool.write_at(data, offset) {
             // The spool is incomplete (ENOSPC, EIO): the file must never be
             // published, so close() reports the failure and sends nothing.
             let e = FsError::io(e, "write spool file");
@@ -351,7 +348,7 @@ impl Fs {
         if !st.stream_decided {
             st.stream_decided = true;
             if let Some((fref, hold)) = stream.filter(|_| append) {
-                match File::open(&w.spool) {
+                match SpoolReader::open(&w.spool.path) {
                     Ok(spool) => {
                         tracing::debug!(file = %fref.file, "streaming the upload while the file is written");
                         let client = self.client.clone();
@@ -430,7 +427,8 @@ impl Fs {
                     format!("{}: the file is being published", node.path()),
                 ));
             }
-            w.file
+            w.spool
+                .file()
                 .set_len(size)
                 .map_err(|e| FsError::io(e, "truncate spool file"))?;
             if size != st.size && st.upstream.take().is_some() {
@@ -532,9 +530,9 @@ impl Fs {
                 self.mark_published(&node, &sha, size);
                 lock(&self.writers).remove(&w.ino);
                 let kept = if sha.is_empty() {
-                    std::fs::remove_file(&w.spool)
+                    std::fs::remove_file(&w.spool.path)
                 } else {
-                    self.cache.commit(&w.spool, &sha, size, None)
+                    self.cache.commit(&w.spool.path, &sha, size, None)
                 };
                 if let Err(e) = kept {
                     tracing::warn!(error = %e, "cannot move published file into the cache");
@@ -550,7 +548,7 @@ impl Fs {
                 if forget {
                     self.forget_entry(node.parent, &node.file);
                 }
-                let _ = std::fs::remove_file(&w.spool);
+                let _ = std::fs::remove_file(&w.spool.path);
                 Err(e)
             }
         }
@@ -589,7 +587,7 @@ impl Fs {
                 self.forget_entry(node.parent, &node.file);
             }
         }
-        let _ = std::fs::remove_file(&w.spool);
+        let _ = std::fs::remove_file(&w.spool.path);
     }
 
     /// The PUT and the interpretation of its outcome: the sha256 of the
@@ -619,7 +617,7 @@ impl Fs {
                     if let (None, Some(l)) = (&guard, &vlock) {
                         guard = Some(Arc::clone(l).lock_owned().await);
                     }
-                    self.client.upload(fref, &w.spool, size).await
+                    self.upload_spool(fref, w, size).await
                 }
             };
             let err = match attempt {
@@ -695,6 +693,15 @@ impl Fs {
         }
     }
 
+    /// The PUT of the whole spool, `size` bytes, with `Content-Length`.
+    async fn upload_spool(&self, fref: &FileRef, w: &Writer, size: u64) -> registry::Result<()> {
+        let reader = SpoolReader::open(&w.spool.path).map_err(|e| {
+            registry::Error::Io(format!("open spool {}: {e}", w.spool.path.display()))
+        })?;
+        let body = spool::body(Arc::new(reader), size);
+        self.client.upload(fref, size, body).await
+    }
+
     /// After a failed PUT: `Some(sha)` when the registry lists the file
     /// with the spool's sha256, `None` when it does not list the file.
     /// A file of that name with other bytes is EEXIST.
@@ -705,7 +712,11 @@ impl Fs {
         w: &Writer,
     ) -> FsResult<Option<String>> {
         let local = {
-            let f = w.file.try_clone().map_err(|e| FsError::io(e, "spool"))?;
+            let f = w
+                .spool
+                .file()
+                .try_clone()
+                .map_err(|e| FsError::io(e, "spool"))?;
             tokio::task::spawn_blocking(move || crate::cache::sha256_file(&f))
                 .await
                 .map_err(|e| FsError::new(libc::EIO, e.to_string()))?
@@ -766,7 +777,7 @@ impl Fs {
         }
         if node.local {
             if let Some(w) = lock(&self.writers).remove(&node.ino) {
-                let _ = std::fs::remove_file(&w.spool);
+                let _ = std::fs::remove_file(&w.spool.path);
                 w.abandon(FsError::not_found("deleted before publishing"));
             }
         } else {
@@ -856,7 +867,7 @@ impl Fs {
                     }
                     // Replacing another local file, as rename(2) does.
                     if let Some(old) = lock(&self.writers).remove(&target.ino) {
-                        let _ = std::fs::remove_file(&old.spool);
+                        let _ = std::fs::remove_file(&old.spool.path);
                         old.abandon(FsError::not_found("replaced by rename"));
                     }
                     tree.remove_child(parent, newname);

@@ -3,7 +3,6 @@
 //! uploads streamed from disk (whole, or chunked while being written), and
 //! deletes.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Body, Method, Response, StatusCode};
-use tokio_util::io::ReaderStream;
 
 use super::{describe, Client, Error, Result};
 use crate::protocol::{paths, validate};
@@ -110,16 +108,16 @@ impl Client {
         })
     }
 
-    /// Uploads `path` (`len` bytes) with one PUT streamed from disk. Names
-    /// are validated locally first: an invalid one sends nothing. Never
-    /// retried here: the caller decides (§9 rule 5, no blind retry).
-    pub async fn upload(&self, f: &FileRef, path: &Path, len: u64) -> Result<()> {
+    /// Uploads a body of `len` bytes (a spool read from disk) with one PUT
+    /// and `Content-Length`. Names are validated locally first: an invalid
+    /// one sends nothing. Never retried here: the caller decides (§9 rule
+    /// 5, no blind retry).
+    pub async fn upload<S>(&self, f: &FileRef, len: u64, body: S) -> Result<()>
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
         validate_ref(f)?;
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| Error::Io(format!("open spool {}: {e}", path.display())))?;
-        let stream = ReaderStream::with_capacity(file, 256 * 1024);
-        self.put(f, Some(len), stream).await
+        self.put(f, Some(len), body).await
     }
 
     /// Uploads a body that is still being produced, with one chunked PUT
