@@ -19,8 +19,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
-if [ $quick = 1 ]; then size_mb=64; runs=3; nfiles=200; nversions=300
-else size_mb=1024; runs=5; nfiles=1000; nversions=2000; fi
+if [ $quick = 1 ]; then size_mb=64; runs=3; nfiles=200; nversions=300; fio_secs=1
+else size_mb=1024; runs=5; nfiles=1000; nversions=2000; fio_secs=5; fi
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 need=()
@@ -98,7 +98,7 @@ hwm() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$mount_pid/status" 2>/dev/null
 drop_caches() { sync; echo 3 | $SUDO tee /proc/sys/vm/drop_caches >/dev/null 2>&1 || true; }
 
 rows=()
-row() { rows+=("$(printf '| %-44s | %12s | %12s | %7s | %s' "$1" "$2" "$3" "$4" "$5")"); }
+row() { rows+=("$(printf '| %-54s | %12s | %12s | %7s | %s' "$1" "$2" "$3" "$4" "$5")"); }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 # 1. cold sequential read vs curl
@@ -167,13 +167,13 @@ if want fio; then
       do_mount
       reset
       out=$(fio --name=r --filename="$mnt/alice/bench/1/big.bin" --rw=randread --bs=4k --size=${size_mb}M \
-        --numjobs=$jobs --time_based --runtime=5 --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
+        --numjobs=$jobs --time_based --runtime=$fio_secs --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
       iops=$(echo "$out" | cut -d';' -f8)
       sent=$(( $(stat_of bytes_sent) / 1024 / 1024 ))
       row "fio randread 4k cold, $jobs job(s) (IOPS)" "$iops" "-" "-" "server sent ${sent} MiB; RSS $(hwm) MiB"
       dd if="$mnt/alice/bench/1/big.bin" of=/dev/null bs=1M status=none
       out=$(fio --name=r --filename="$mnt/alice/bench/1/big.bin" --rw=randread --bs=4k --size=${size_mb}M \
-        --numjobs=$jobs --time_based --runtime=5 --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
+        --numjobs=$jobs --time_based --runtime=$fio_secs --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
       row "fio randread 4k warm, $jobs job(s) (IOPS)" "$(echo "$out" | cut -d';' -f8)" "-" "-" "RSS $(hwm) MiB"
       do_umount
     done
@@ -233,24 +233,75 @@ if want cp; then
   do_umount
 fi
 
-# 7. rclone mount of `rclone serve http` with the same file, where available
+# 7. rclone mount of `rclone serve http` with the same file, where available:
+#    the read cases above, so pkgfs is compared with the mount a user would
+#    otherwise pick. rclone verifies nothing. "server sent" is what the
+#    rclone server wrote to its sockets (/proc/PID/io wchar).
 if want rclone; then
   if command -v rclone >/dev/null 2>&1; then
-    mkdir -p "$work/rsrc/bench" "$work/rmnt"; ln "$big" "$work/rsrc/bench/big.bin"
-    rclone serve http "$work/rsrc" --addr 127.0.0.1:18765 >/dev/null 2>&1 & rclone_pids+=($!)
+    rmnt=$work/rmnt; rfile=$rmnt/bench/big.bin
+    mkdir -p "$work/rsrc/bench" "$rmnt"; ln "$big" "$work/rsrc/bench/big.bin"
+    rclone serve http "$work/rsrc" --addr 127.0.0.1:18765 >/dev/null 2>&1 & rserve=$!; rclone_pids+=($rserve)
     sleep 1
+    rmount() {
+      rclone mount --http-url http://127.0.0.1:18765 :http: "$rmnt" --vfs-cache-mode "$1" \
+        --cache-dir "$work/rcache" >/dev/null 2>&1 & rpid=$!
+      for _ in $(seq 100); do grep -qs " $rmnt fuse" /proc/mounts && return 0; sleep 0.05; done
+      echo "rclone mount failed" >&2; return 1
+    }
+    rumount() { rhwm=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$rpid/status" 2>/dev/null || echo "?"); fusermount3 -u "$rmnt"; wait $rpid 2>/dev/null || true; rm -rf "$work/rcache"; }
+    rsent() { awk '/^wchar/ {print $2}' "/proc/$rserve/io"; }
     for mode in off full; do
+      p=(); c=(); hw=0
+      for _ in $(seq $runs); do
+        rmount $mode
+        t0=$(now); dd if="$rfile" of=/dev/null bs=1M status=none; t1=$(now)
+        p+=("$(python3 -c "print($t1-$t0)")")
+        rumount; if [ "$rhwm" != "?" ] && [ "$rhwm" -gt "$hw" ]; then hw=$rhwm; fi
+      done
+      rm_=$(printf '%s
+' "${p[@]}" | median); show_runs
+      row "rclone ($mode) cold sequential read (MB/s)" "$(python3 -c "print(round($size_mb/$rm_))")" "-" "-" "compare with pkgfs's row; peak RSS $hw MiB"
+      rmount $mode
+      dd if="$rfile" of=/dev/null bs=1M status=none
       p=()
       for _ in $(seq $runs); do
-        rclone mount --http-url http://127.0.0.1:18765 :http: "$work/rmnt" --vfs-cache-mode $mode \
-          --cache-dir "$work/rcache" >/dev/null 2>&1 & rpid=$!
-        for _ in $(seq 100); do grep -qs " $work/rmnt fuse" /proc/mounts && break; sleep 0.05; done
-        t0=$(now); dd if="$work/rmnt/bench/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
-        p+=("$(python3 -c "print($t1-$t0)")")
-        fusermount3 -u "$work/rmnt"; wait $rpid 2>/dev/null || true; rm -rf "$work/rcache"
+        t0=$(now); dd if="$rfile" of=/dev/null bs=1M status=none; t1=$(now); p+=("$(python3 -c "print($t1-$t0)")")
       done
-      rm_=$(printf '%s\n' "${p[@]}" | median)
-      row "rclone mount cold read (vfs $mode) (MB/s)" "$(python3 -c "print(round($size_mb/$rm_))")" "-" "-" "for comparison with row 1"
+      rm_=$(printf '%s
+' "${p[@]}" | median); show_runs
+      rumount
+      row "rclone ($mode) warm re-read (MB/s)" "$(python3 -c "print(round($size_mb/$rm_))")" "-" "-" "peak RSS $rhwm MiB"
+      p=()
+      for _ in $(seq $runs); do
+        rmount $mode
+        ls "$rmnt/bench" >/dev/null
+        p+=("$(python3 -c "
+import time, sys
+t = time.perf_counter()
+with open(sys.argv[1], 'rb', buffering=0) as f:
+    f.read(4096)
+print((time.perf_counter() - t) * 1000)" "$rfile")")
+        rumount
+      done
+      rm_=$(printf '%s
+' "${p[@]}" | median); show_runs
+      row "rclone ($mode) first byte (ms)" "$(printf %.2f "$rm_")" "-" "-" "open+read 4 KiB, as for pkgfs"
+      if command -v fio >/dev/null 2>&1; then
+        for jobs in 1 4; do
+          rmount $mode
+          s0=$(rsent)
+          out=$(fio --name=r --filename="$rfile" --rw=randread --bs=4k --size=${size_mb}M \
+            --numjobs=$jobs --time_based --runtime=$fio_secs --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
+          sent=$(( ($(rsent) - s0) / 1024 / 1024 ))
+          row "rclone ($mode) fio randread 4k cold, $jobs job(s) (IOPS)" "$(echo "$out" | cut -d';' -f8)" "-" "-" "server sent ${sent} MiB"
+          dd if="$rfile" of=/dev/null bs=1M status=none
+          out=$(fio --name=r --filename="$rfile" --rw=randread --bs=4k --size=${size_mb}M \
+            --numjobs=$jobs --time_based --runtime=$fio_secs --readonly --group_reporting --output-format=terse 2>/dev/null | head -1)
+          rumount
+          row "rclone ($mode) fio randread 4k warm, $jobs job(s) (IOPS)" "$(echo "$out" | cut -d';' -f8)" "-" "-" "peak RSS $rhwm MiB"
+        done
+      fi
     done
   else
     row "rclone" "-" "-" "-" "not installable here: skipped"
@@ -259,6 +310,6 @@ fi
 
 echo
 echo "pkgfs benchmarks — $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), file ${size_mb} MiB, median of $runs"
-printf '| %-44s | %12s | %12s | %7s | %s\n' case pkgfs reference ratio notes
-printf '|%s|%s|%s|%s|%s\n' "$(printf -- '-%.0s' {1..46})" "--------------" "--------------" "---------" "------"
+printf '| %-54s | %12s | %12s | %7s | %s\n' case pkgfs reference ratio notes
+printf '|%s|%s|%s|%s|%s\n' "$(printf -- '-%.0s' {1..56})" "--------------" "--------------" "---------" "------"
 printf '%s\n' "${rows[@]}"
