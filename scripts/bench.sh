@@ -84,6 +84,16 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # BENCH_VERBOSE=1 prints every run of each case (to stderr) besides the medians.
 show_runs() { if [ -n "${BENCH_VERBOSE:-}" ]; then echo "  runs: pkgfs ${p[*]} | reference ${c[*]}" >&2; fi; }
 
+# Milliseconds to open FILE and read its first 4 KiB, timed inside the process.
+first_byte_ms() {
+  python3 -c "
+import time, sys
+t = time.perf_counter()
+with open(sys.argv[1], 'rb', buffering=0) as f:
+    f.read(4096)
+print((time.perf_counter() - t) * 1000)" "$1"
+}
+
 do_mount() { # fresh cache unless $1 = keep
   [ "${1:-}" = keep ] || rm -rf "$work/cache"
   "$bin" mount "$url" "$mnt" --foreground --cache-dir "$work/cache" "${@:2}" 2>>"$work/mount.log" &
@@ -147,12 +157,7 @@ if want first; then
   for _ in $(seq $runs); do
     do_mount
     ls "$mnt/alice/bench/1" >/dev/null
-    p+=("$(python3 -c "
-import time, sys
-t = time.perf_counter()
-with open(sys.argv[1], 'rb', buffering=0) as f:
-    f.read(4096)
-print((time.perf_counter() - t) * 1000)" "$mnt/alice/bench/1/big.bin")")
+    p+=("$(first_byte_ms "$mnt/alice/bench/1/big.bin")")
     do_umount
     c+=("$(curl -fsS --user "alice:$PKGFS_SERVE_TOKEN" -o /dev/null -r 0-4095 -w '%{time_starttransfer}' "$api/bench/1/big.bin" | python3 -c "import sys; print(float(sys.stdin.read())*1000)")")
   done
@@ -276,12 +281,7 @@ if want rclone; then
       for _ in $(seq $runs); do
         rmount $mode
         ls "$rmnt/bench" >/dev/null
-        p+=("$(python3 -c "
-import time, sys
-t = time.perf_counter()
-with open(sys.argv[1], 'rb', buffering=0) as f:
-    f.read(4096)
-print((time.perf_counter() - t) * 1000)" "$rfile")")
+        p+=("$(first_byte_ms "$rfile")")
         rumount
       done
       rm_=$(printf '%s

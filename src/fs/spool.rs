@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -36,9 +36,7 @@ pub(super) const CHUNK: u64 = 1 << 20;
 pub(super) struct Spool {
     pub path: PathBuf,
     file: File,
-    /// A second descriptor with `O_DIRECT`, while direct writes work.
-    direct: Option<File>,
-    direct_ok: AtomicBool,
+    direct: Direct,
 }
 
 thread_local! {
@@ -46,34 +44,51 @@ thread_local! {
     static STAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-fn open_direct(path: &Path, write: bool) -> Option<File> {
-    match OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "no direct I/O for the spool");
-            None
-        }
-    }
+/// The `O_DIRECT` descriptor of a spool: opened at its first use (small
+/// files never need one), given up once the file system refuses it.
+#[derive(Default)]
+struct Direct {
+    fd: OnceLock<Option<File>>,
+    refused: AtomicBool,
 }
 
-fn is_einval(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EINVAL)
+impl Direct {
+    fn get(&self, path: &Path, write: bool) -> Option<&File> {
+        if self.refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        let fd = self.fd.get_or_init(|| {
+            let opened = OpenOptions::new()
+                .read(true)
+                .write(write)
+                .custom_flags(libc::O_DIRECT)
+                .open(path);
+            opened
+                .inspect_err(|e| tracing::debug!(path = %path.display(), error = %e, "no direct I/O for the spool"))
+                .ok()
+        });
+        fd.as_ref()
+    }
+
+    /// Direct I/O on `fd` failed with `e`: true (and no direct I/O from now
+    /// on) when the file system refused it, so the caller goes buffered.
+    fn refused(&self, e: &io::Error) -> bool {
+        let refused = e.raw_os_error() == Some(libc::EINVAL);
+        if refused {
+            tracing::debug!(error = %e, "direct I/O refused; the spool goes through the page cache");
+            self.refused.store(true, Ordering::Relaxed);
+        }
+        refused
+    }
 }
 
 impl Spool {
     /// Wraps the freshly created spool `file` at `path`.
     pub fn new(path: PathBuf, file: File) -> Spool {
-        let direct = open_direct(&path, true);
         Spool {
-            direct_ok: AtomicBool::new(direct.is_some()),
             path,
             file,
-            direct,
+            direct: Direct::default(),
         }
     }
 
@@ -86,18 +101,16 @@ impl Spool {
     pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         let len = data.len() as u64;
         let eligible = offset >= DIRECT_FROM && offset % ALIGN == 0 && len % ALIGN == 0 && len > 0;
-        if let (true, Some(direct)) = (eligible, &self.direct) {
-            if self.direct_ok.load(Ordering::Relaxed) {
-                match write_direct(direct, data, offset) {
-                    // A short direct write (a full disk) is finished, or
-                    // fails, through the page cache.
-                    Ok(done) => return self.file.write_all_at(&data[done..], offset + done as u64),
-                    Err(e) if is_einval(&e) => {
-                        tracing::debug!(error = %e, "direct write refused; spooling through the page cache");
-                        self.direct_ok.store(false, Ordering::Relaxed);
-                    }
-                    Err(e) => return Err(e),
-                }
+        if let Some(direct) = eligible
+            .then(|| self.direct.get(&self.path, true))
+            .flatten()
+        {
+            match write_direct(direct, data, offset) {
+                // A short direct write (a full disk) is finished, or fails,
+                // through the page cache.
+                Ok(done) => return self.file.write_all_at(&data[done..], offset + done as u64),
+                Err(e) if self.direct.refused(&e) => {}
+                Err(e) => return Err(e),
             }
         }
         self.file.write_all_at(data, offset)
@@ -108,8 +121,8 @@ impl Spool {
 /// through an aligned buffer when `data` is not aligned itself: how many
 /// bytes were written (all of them unless a write came up short).
 fn write_direct(direct: &File, data: &[u8], offset: u64) -> io::Result<usize> {
-    let done = if (data.as_ptr() as usize) % ALIGN as usize == 0 {
-        write_some(direct, data, offset)?
+    if (data.as_ptr() as usize) % ALIGN as usize == 0 {
+        write_some(direct, data, offset)
     } else {
         STAGE.with(|stage| {
             let mut stage = stage.borrow_mut();
@@ -120,9 +133,8 @@ fn write_direct(direct: &File, data: &[u8], offset: u64) -> io::Result<usize> {
             let buf = &mut stage[start..start + data.len()];
             buf.copy_from_slice(data);
             write_some(direct, buf, offset)
-        })?
-    };
-    Ok(done)
+        })
+    }
 }
 
 /// Writes what it can of `buf` at `offset`: stops at the first short write
@@ -147,28 +159,40 @@ fn write_some(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
 
 /// Reads a spool for its upload, through descriptors of its own.
 pub(super) struct SpoolReader {
+    path: PathBuf,
     file: File,
-    direct: Option<File>,
+    direct: Direct,
 }
 
 impl SpoolReader {
     pub fn open(path: &Path) -> io::Result<SpoolReader> {
         Ok(SpoolReader {
+            path: path.to_path_buf(),
             file: File::open(path)?,
-            direct: open_direct(path, false),
+            direct: Direct::default(),
         })
+    }
+
+    /// [`SpoolReader::read_at`] on a blocking thread.
+    pub async fn read_chunk(self: &Arc<Self>, offset: u64, len: usize) -> io::Result<Bytes> {
+        let reader = Arc::clone(self);
+        tokio::task::spawn_blocking(move || reader.read_at(offset, len))
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// Exactly `len` bytes at `offset` (`UnexpectedEof` when the spool is
     /// shorter). Parts past [`DIRECT_FROM`] are read around the page cache
     /// when `offset` is aligned.
     pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        if let (true, Some(direct)) = (offset >= DIRECT_FROM && offset % ALIGN == 0, &self.direct) {
+        let eligible = offset >= DIRECT_FROM && offset % ALIGN == 0;
+        if let Some(direct) = eligible
+            .then(|| self.direct.get(&self.path, false))
+            .flatten()
+        {
             match read_direct(direct, offset, len) {
                 Ok(b) => return Ok(b),
-                Err(e) if is_einval(&e) => {
-                    tracing::debug!(error = %e, "direct read refused; reading through the page cache")
-                }
+                Err(e) if self.direct.refused(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -216,9 +240,7 @@ pub(super) fn body(
                 return Ok(None);
             }
             let n = (len - sent).min(CHUNK) as usize;
-            let chunk = tokio::task::spawn_blocking(move || reader.read_at(sent, n))
-                .await
-                .map_err(io::Error::other)??;
+            let chunk = reader.read_chunk(sent, n).await?;
             Ok(Some((chunk, sent + n as u64)))
         }
     })

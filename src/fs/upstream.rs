@@ -115,12 +115,7 @@ async fn body_chunk(
         };
         if ready > 0 {
             let len = ready.min(CHUNK);
-            let reader = Arc::clone(&spool);
-            let read = tokio::task::spawn_blocking(move || reader.read_at(sent, len as usize))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-            return Some(match read {
+            return Some(match spool.read_chunk(sent, len as usize).await {
                 Ok(buf) => (Ok(buf), (spool, rx, sent + len, false)),
                 Err(e) => (Err(e), (spool, rx, sent, true)),
             });
