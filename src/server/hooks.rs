@@ -265,6 +265,9 @@ pub async fn handle(
                 .collect();
             let last_put = hooks.last_put.lock().unwrap_or_else(|e| e.into_inner());
             map.insert("last_put".into(), last_put.clone());
+            // Faults installed and not yet used up (spent ones are removed).
+            let armed = hooks.faults.lock().unwrap_or_else(|e| e.into_inner()).len();
+            map.insert("faults_armed".into(), json!(armed));
             respond::json(StatusCode::OK, &map)
         }
         ("POST", ["reset"]) => {
