@@ -161,9 +161,12 @@ impl Filesystem for FuseFs {
         };
         match self.fs.lookup_now(parent.0, &name) {
             Some(r) => answer(r, reply),
-            None => {
-                self.spawn(move |fs| async move { answer(fs.lookup(parent.0, &name).await, reply) })
-            }
+            None => self.spawn(move |fs| async move {
+                answer(
+                    fs.bounded("lookup", fs.lookup(parent.0, &name)).await,
+                    reply,
+                )
+            }),
         }
     }
 
@@ -192,7 +195,9 @@ impl Filesystem for FuseFs {
         }
         match self.fs.opendir_now(ino.0) {
             Some(r) => answer(r, reply),
-            None => self.spawn(move |fs| async move { answer(fs.opendir(ino.0).await, reply) }),
+            None => self.spawn(move |fs| async move {
+                answer(fs.bounded("opendir", fs.opendir(ino.0)).await, reply)
+            }),
         }
     }
 
@@ -241,7 +246,7 @@ impl Filesystem for FuseFs {
         let pid = req.pid();
         let pt = Arc::clone(&self.passthrough);
         self.spawn(move |fs| async move {
-            match fs.open(ino.0, write, pid).await {
+            match fs.bounded("open", fs.open(ino.0, write, pid)).await {
                 Ok(fh) => {
                     // Published files never change: keep the page cache
                     // once the bytes are verified (served from the disk
@@ -276,7 +281,7 @@ impl Filesystem for FuseFs {
             };
         }
         self.spawn(move |fs| async move {
-            match fs.read(fh.0, offset, size).await {
+            match fs.bounded("read", fs.read(fh.0, offset, size)).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno("read", &e)),
             }
@@ -333,7 +338,10 @@ impl Filesystem for FuseFs {
         let pid = req.pid();
         let pt = Arc::clone(&self.passthrough);
         self.spawn(move |fs| async move {
-            match fs.create(parent.0, &name, Opener::of(pid)).await {
+            match fs
+                .bounded("create", fs.create(parent.0, &name, Opener::of(pid)))
+                .await
+            {
                 Ok((a, fh)) => {
                     pt.note_cached_open(a.ino, fh);
                     // Direct I/O: the data goes from the writer's pages to
@@ -416,7 +424,7 @@ impl Filesystem for FuseFs {
         };
         let ttl = self.ttl;
         self.spawn(move |fs| async move {
-            match fs.mkdir(parent.0, &name).await {
+            match fs.bounded("mkdir", fs.mkdir(parent.0, &name)).await {
                 Ok(a) => reply.entry(&ttl, &to_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno("mkdir", &e)),
             }
@@ -428,7 +436,11 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENOENT);
         };
         self.spawn(move |fs| async move {
-            reply_empty(reply, "rmdir", fs.rmdir(parent.0, &name).await);
+            reply_empty(
+                reply,
+                "rmdir",
+                fs.bounded("rmdir", fs.rmdir(parent.0, &name)).await,
+            );
         });
     }
 
@@ -437,7 +449,11 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENOENT);
         };
         self.spawn(move |fs| async move {
-            reply_empty(reply, "unlink", fs.unlink(parent.0, &name).await);
+            reply_empty(
+                reply,
+                "unlink",
+                fs.bounded("unlink", fs.unlink(parent.0, &name)).await,
+            );
         });
     }
 

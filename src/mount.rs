@@ -183,6 +183,10 @@ fn check_args(args: &MountArgs) -> Result<(Url, PathBuf)> {
 pub fn run(args: MountArgs) -> Result<()> {
     let (url, mountpoint) = check_args(&args)?;
     let token = read_token(&args)?;
+    // Once read, the token leaves the environment, so that no child
+    // (fusermount3 at mount and unmount, anything a library spawns) ever
+    // inherits it. Single-threaded here: no runtime or logger thread yet.
+    std::env::remove_var("PKGFS_TOKEN");
     if args.foreground {
         init_logging(&args, None)?;
         return serve_mount(args, url, mountpoint, token, &mut None);
@@ -371,6 +375,8 @@ fn serve_mount(
             if let Err(e) = bg.umount_and_join() {
                 tracing::warn!(error = %e, "unmount failed; trying a lazy unmount");
                 let _ = std::process::Command::new("fusermount3")
+                    .env_clear()
+                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                     .args(["-u", "-z"])
                     .arg(&mountpoint)
                     .status();

@@ -246,7 +246,7 @@ async fn old_size_key_and_missing_versions_endpoint() {
     assert_eq!(files[0]["Size"], 3);
     assert!(files[0].get("size").is_none());
     let parsed: Vec<pkgfs::protocol::PackageFile> = serde_json::from_value(files).unwrap();
-    assert_eq!(parsed[0].size, 3);
+    assert_eq!(parsed[0].size, Some(3));
     assert_eq!(
         get(&s, "api/v1/packages/alice/generic/tool").await.0,
         StatusCode::NOT_FOUND

@@ -9,6 +9,15 @@
 //! Layout: `blobs/<sha256>` complete verified files, `partial/` downloads
 //! in flight, `spool/` data written by applications before upload. The
 //! last two are emptied at start.
+//!
+//! Crash consistency without an `fsync` per download (which would add
+//! seconds to every cold read of a large file): a blob is trusted only in
+//! the process that verified it. Blobs found on disk at start (which a
+//! power loss, a disk error or another program may have truncated or
+//! changed) are *unverified*: the first open after a restart hashes the
+//! blob once ([`Cache::verify`], on a blocking thread) and drops it if it
+//! does not match its name. Every open also checks the blob's length
+//! against the size the registry lists.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -31,12 +40,29 @@ pub struct Cache {
 
 #[derive(Debug)]
 struct Inner {
-    /// sha256 → size, most recently used first.
-    lru: LruCache<String, u64>,
+    /// sha256 → entry, most recently used first.
+    lru: LruCache<String, Entry>,
     /// Bytes in `blobs/`.
     used: u64,
     /// Bytes promised to downloads in flight.
     reserved: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: u64,
+    /// Hashed (or written from verified bytes) by this process.
+    verified: bool,
+}
+
+/// What [`Cache::lookup`] found.
+#[derive(Debug)]
+pub enum Hit {
+    /// A verified blob of the expected size, opened.
+    File(File),
+    /// A blob from before the restart: [`Cache::verify`] it first.
+    Unverified,
+    Miss,
 }
 
 /// Space promised to one download; given back on drop unless committed.
@@ -117,7 +143,13 @@ impl Cache {
             let mut inner = cache.lock();
             for (_, sha, size) in found {
                 inner.used += size;
-                inner.lru.put(sha, size);
+                inner.lru.put(
+                    sha,
+                    Entry {
+                        size,
+                        verified: false,
+                    },
+                );
             }
         }
         let cache = Arc::new(cache);
@@ -155,27 +187,77 @@ impl Cache {
         self.blobs.join(sha256)
     }
 
-    /// Opens a cached file and marks it most recently used.
-    pub fn get(&self, sha256: &str) -> Option<File> {
+    /// Opens the blob of `sha256` if it is verified and `size` bytes long,
+    /// and marks it most recently used. Cheap: one open and one fstat.
+    pub fn lookup(&self, sha256: &str, size: u64) -> Hit {
         if !is_sha256(sha256) {
-            return None;
+            return Hit::Miss;
         }
-        let known = self.lock().lru.get(sha256).is_some();
-        if !known {
-            return None;
+        let entry = self.lock().lru.get(sha256).copied();
+        match entry {
+            None => Hit::Miss,
+            Some(e) if !e.verified => Hit::Unverified,
+            Some(e) if e.size != size => {
+                tracing::warn!(
+                    sha256,
+                    cached = e.size,
+                    listed = size,
+                    "cache entry has another size than the registry lists; dropping it"
+                );
+                self.remove(sha256);
+                Hit::Miss
+            }
+            Some(_) => match self.open_blob(sha256, size) {
+                Ok(f) => Hit::File(f),
+                Err(e) => {
+                    tracing::warn!(sha256, error = %e, "cache entry unusable; dropping it");
+                    self.remove(sha256);
+                    Hit::Miss
+                }
+            },
         }
-        match File::open(self.blob_path(sha256)) {
+    }
+
+    /// Hashes a blob found at start (blocking: run it off the runtime's
+    /// workers) and opens it if it is intact; drops it otherwise.
+    pub fn verify(&self, sha256: &str, size: u64) -> Option<File> {
+        let checked = self.open_blob(sha256, size).and_then(|f| {
+            let digest = sha256_file(&f)?;
+            if digest == sha256 {
+                Ok(f)
+            } else {
+                Err(io::Error::other(format!("its bytes hash to {digest}")))
+            }
+        });
+        match checked {
             Ok(f) => {
-                // mtime records recency for the index rebuilt at restart.
-                let _ = f.set_modified(SystemTime::now());
+                if let Some(e) = self.lock().lru.get_mut(sha256) {
+                    e.verified = true;
+                }
+                tracing::debug!(sha256, "cache entry from an earlier run verified");
                 Some(f)
             }
             Err(e) => {
-                tracing::warn!(sha256, error = %e, "cache entry vanished; dropping it");
+                tracing::warn!(sha256, error = %e, "cache entry from an earlier run is damaged; dropping it");
                 self.remove(sha256);
                 None
             }
         }
+    }
+
+    /// Opens a blob, checking its length (a truncated or extended blob is
+    /// never served).
+    fn open_blob(&self, sha256: &str, size: u64) -> io::Result<File> {
+        let f = File::open(self.blob_path(sha256))?;
+        let len = f.metadata()?.len();
+        if len != size {
+            return Err(io::Error::other(format!(
+                "blob is {len} bytes, expected {size}"
+            )));
+        }
+        // mtime records recency for the index rebuilt at restart.
+        let _ = f.set_modified(SystemTime::now());
+        Ok(f)
     }
 
     /// Promises `size` bytes to a download, evicting least recently used
@@ -202,10 +284,10 @@ impl Cache {
         {
             let mut inner = self.lock();
             while inner.used + inner.reserved > target {
-                let Some((sha, size)) = inner.lru.pop_lru() else {
+                let Some((sha, e)) = inner.lru.pop_lru() else {
                     break;
                 };
-                inner.used -= size;
+                inner.used -= e.size;
                 victims.push(sha);
             }
         }
@@ -259,9 +341,9 @@ impl Cache {
             return fs::remove_file(path);
         };
         let dest = self.blob_path(sha256);
-        let known = self.lock().lru.get(sha256).is_some() && dest.exists();
+        let known = self.lock().lru.get(sha256).is_some_and(|e| e.verified) && dest.exists();
         if known {
-            // The same bytes are cached already. Renaming over them would
+            // The same bytes are cached (and verified) already. Renaming over them would
             // free the old blob's blocks inside this call (seconds for a
             // large file on ext4); the redundant copy goes in the background.
             drop(reservation);
@@ -271,8 +353,12 @@ impl Cache {
         }
         fs::rename(path, &dest)?;
         let mut inner = self.lock();
-        if let Some(old) = inner.lru.put(sha256.to_string(), size) {
-            inner.used -= old;
+        let entry = Entry {
+            size,
+            verified: true,
+        };
+        if let Some(old) = inner.lru.put(sha256.to_string(), entry) {
+            inner.used -= old.size;
         }
         inner.used += size;
         drop(inner);
@@ -285,8 +371,8 @@ impl Cache {
         let removed = {
             let mut inner = self.lock();
             let r = inner.lru.pop(sha256);
-            if let Some(size) = r {
-                inner.used -= size;
+            if let Some(e) = r {
+                inner.used -= e.size;
             }
             r.is_some()
         };
@@ -336,14 +422,52 @@ mod tests {
         put(&cache, &sha(1), 100);
         put(&cache, &sha(2), 100);
         put(&cache, &sha(3), 100);
-        assert!(cache.get(&sha(1)).is_some()); // 1 is now most recent
+        assert!(matches!(cache.lookup(&sha(1), 100), Hit::File(_))); // 1 is now most recent
         put(&cache, &sha(4), 100); // evicts 2
-        assert!(cache.get(&sha(2)).is_none());
-        assert!(cache.get(&sha(1)).is_some());
+        assert!(matches!(cache.lookup(&sha(2), 100), Hit::Miss));
+        assert!(matches!(cache.lookup(&sha(1), 100), Hit::File(_)));
         assert_eq!(cache.used(), 300);
         drop(cache);
         let cache = Cache::open(dir.path(), 200).unwrap();
         assert_eq!(cache.used(), 200);
+    }
+
+    /// Puts real content under its real sha256.
+    fn put_real(cache: &Arc<Cache>, bytes: &[u8]) -> String {
+        let (path, mut f) = cache.new_partial().unwrap();
+        f.write_all(bytes).unwrap();
+        let sha = sha256_file(&f).unwrap();
+        cache.commit(&path, &sha, bytes.len() as u64, None).unwrap();
+        sha
+    }
+
+    #[test]
+    fn blobs_from_an_earlier_run_are_verified_once_and_damaged_ones_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        let good = put_real(&cache, b"good bytes");
+        let flipped = put_real(&cache, b"will be flipped");
+        let cut = put_real(&cache, b"will be truncated");
+        assert!(matches!(cache.lookup(&good, 10), Hit::File(_)));
+        // The size the registry lists must match the blob's.
+        assert!(matches!(cache.lookup(&good, 11), Hit::Miss));
+        let good = put_real(&cache, b"good bytes");
+        drop(cache);
+        // What a power loss or a disk error leaves between two mounts.
+        let blobs = dir.path().join("blobs");
+        std::fs::write(blobs.join(&flipped), b"WILL be flipped").unwrap();
+        std::fs::write(blobs.join(&cut), b"will be").unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        for (sha, size) in [(&good, 10), (&flipped, 15), (&cut, 17)] {
+            assert!(matches!(cache.lookup(sha, size), Hit::Unverified), "{sha}");
+        }
+        assert!(cache.verify(&good, 10).is_some());
+        assert!(matches!(cache.lookup(&good, 10), Hit::File(_)));
+        assert!(cache.verify(&flipped, 15).is_none());
+        assert!(cache.verify(&cut, 17).is_none());
+        assert!(matches!(cache.lookup(&flipped, 15), Hit::Miss));
+        assert!(!blobs.join(&flipped).exists() && !blobs.join(&cut).exists());
+        assert_eq!(cache.used(), 10);
     }
 
     #[test]

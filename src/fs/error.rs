@@ -58,6 +58,7 @@ impl From<registry::Error> for FsError {
             | E::Timeout(_)
             | E::Tls(_)
             | E::Corrupt(_)
+            | E::Protocol(_)
             | E::Io(_) => libc::EIO,
         };
         FsError::new(errno, e.to_string())

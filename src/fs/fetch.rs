@@ -179,6 +179,9 @@ impl Fetch {
         }
         tracing::trace!(offset, len, "read");
         let stall = self.client.timeout();
+        // A read waits at most `stall` in all, not per byte: a trickling
+        // body must not hold it (the download goes on for later reads).
+        let deadline = tokio::time::Instant::now() + stall;
         let mut rx = self.progress.subscribe();
         let err_gen = self.lock().err_gen;
         loop {
@@ -196,9 +199,12 @@ impl Fetch {
                 }
                 Step::Wait => {
                     tracing::trace!(offset, "read waits for data");
-                    if tokio::time::timeout(stall, rx.changed()).await.is_err() {
+                    if tokio::time::timeout_at(deadline, rx.changed())
+                        .await
+                        .is_err()
+                    {
                         let msg = format!(
-                            "{}: no data for {}s at offset {offset}",
+                            "{}: the bytes at offset {offset} did not arrive within {}s",
                             self.what(),
                             stall.as_secs()
                         );
@@ -229,13 +235,23 @@ impl Fetch {
         while (buf.len() as u64) < end - offset {
             let pos = offset + buf.len() as u64;
             let attempt = async {
-                let mut dl = self.client.download(&self.fref, pos, end).await?;
+                let mut dl = self
+                    .client
+                    .download(&self.fref, pos, end, self.size)
+                    .await?;
                 while let Some(chunk) = dl.chunk().await? {
                     buf.extend_from_slice(&chunk);
                 }
                 Ok::<(), registry::Error>(())
             };
-            match attempt.await {
+            let attempt = tokio::time::timeout_at(deadline.into(), attempt);
+            let attempt = attempt.await.unwrap_or_else(|_| {
+                Err(registry::Error::Timeout(format!(
+                    "{}: the bytes did not arrive in time",
+                    self.what()
+                )))
+            });
+            match attempt {
                 Ok(()) if (buf.len() as u64) < end - offset => {
                     return Err(FsError::new(
                         libc::EIO,
@@ -374,7 +390,11 @@ impl Fetch {
                 // so random reads do not make the server send the file.
                 let want_end = demand.max(pos + MIN_REQUEST).min(next_present);
                 tracing::debug!(file = %self.what(), pos, want_end, "ranged GET");
-                match self.client.download(&self.fref, pos, want_end).await {
+                match self
+                    .client
+                    .download(&self.fref, pos, want_end, self.size)
+                    .await
+                {
                     Ok(dl) => {
                         tracing::trace!(pos, "response headers");
                         body = Some(dl)

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 pub use error::{errno_name, FsError, FsResult};
 pub use tree::{Ino, Kind, ROOT_INO};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Hit};
 use crate::protocol::validate::client_version_ok;
-use crate::protocol::Package;
+use crate::registry::PackageVersion as Package;
 use crate::registry::{self, Client, FileRef};
 use fetch::Fetch;
 pub use process::Opener;
@@ -129,6 +129,10 @@ pub struct Fs {
     rt: tokio::runtime::Handle,
 }
 
+/// What a syscall may take beyond `--timeout`, for local work around the
+/// requests (see [`Fs::bounded`]).
+const SYSCALL_MARGIN: Duration = Duration::from_millis(500);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -181,6 +185,32 @@ impl Fs {
 
     pub fn config(&self) -> &FsConfig {
         &self.config
+    }
+
+    /// Runs an operation that may wait on the network within the syscall
+    /// deadline: `--timeout` plus a margin for local work. Each request
+    /// has that timeout already, but an operation may make several (a
+    /// lookup that probes, a retried listing), and a registry may trickle
+    /// an answer: past the deadline the operation is dropped (its requests
+    /// cancelled) and the caller gets EIO. Not for the publishing
+    /// operations (close, fsync, rename), whose uploads take as long as
+    /// their data needs and fail on stalls instead.
+    pub async fn bounded<T>(
+        &self,
+        op: &str,
+        f: impl std::future::Future<Output = FsResult<T>>,
+    ) -> FsResult<T> {
+        let limit = self.client.timeout() + SYSCALL_MARGIN;
+        match tokio::time::timeout(limit, f).await {
+            Ok(r) => r,
+            Err(_) => Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "{op}: the registry did not answer completely within {} s",
+                    self.client.timeout().as_secs_f32()
+                ),
+            )),
+        }
     }
 
     /// Records who the token belongs to (checked at mount time).
@@ -423,14 +453,21 @@ impl Fs {
                     Err(registry::Error::NotFound(_)) => Vec::new(),
                     Err(e) => return Err(e.into()),
                 };
+                // A file without a trustworthy size and sha256 is listed,
+                // sha256-less: opening it fails with EIO (see `open`).
                 let specs = files
                     .into_iter()
-                    .filter(|f| crate::protocol::validate_filename(&f.name).is_ok())
-                    .map(|f| ChildSpec {
-                        name: f.name,
-                        mtime: dir.mtime,
-                        size: f.size.max(0) as u64,
-                        sha256: f.sha256.to_lowercase(),
+                    .map(|f| {
+                        let (size, sha256) = match (f.size, f.sha256) {
+                            (Some(size), Some(sha)) => (size, sha),
+                            _ => (0, String::new()),
+                        };
+                        ChildSpec {
+                            name: f.name,
+                            mtime: dir.mtime,
+                            size,
+                            sha256,
+                        }
                     })
                     .collect();
                 lock(&self.tree).set_children(dir.ino, specs);
@@ -469,6 +506,13 @@ impl Fs {
                 .collect()
         };
         names.extend(probed);
+        names.retain(|n| {
+            let ok = name_ok_for(Kind::Root, n);
+            if !ok {
+                registry::log_once("owner", n, "not a valid user or organisation name");
+            }
+            ok
+        });
         Ok(names
             .into_iter()
             .map(|name| ChildSpec {
@@ -486,6 +530,18 @@ impl Fs {
         let mut by_name: HashMap<String, Vec<Package>> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         for p in packages {
+            if !name_ok_for(Kind::Owner, &p.name) {
+                registry::log_once("package", &p.name, "not a valid package name");
+                continue;
+            }
+            if !client_version_ok(&p.version) {
+                registry::log_once(
+                    "version",
+                    &p.version,
+                    "not a version that can be a directory name",
+                );
+                continue;
+            }
             let key = p.name.to_lowercase();
             if !by_name.contains_key(&key) {
                 order.push(key.clone());
@@ -652,15 +708,30 @@ impl Fs {
                 format!("{}: published files cannot be changed", node.path()),
             ));
         }
-        if node.size == 0 {
-            return Ok(self.add_handle(Handle::Local(None)));
-        }
+        // Never an empty or unchecked file for a listing without a valid
+        // size and sha256: the listing is asked again, then EIO.
         let node = if node.sha256.is_empty() {
             self.relisted(&node).await?
         } else {
             node
         };
-        if let Some(f) = self.cache.get(&node.sha256) {
+        if node.size == 0 {
+            // The listing checks guarantee the empty file's own hash.
+            return Ok(self.add_handle(Handle::Local(None)));
+        }
+        let cached = match self.cache.lookup(&node.sha256, node.size) {
+            Hit::File(f) => Some(f),
+            Hit::Miss => None,
+            Hit::Unverified => {
+                // Kept from an earlier run: hashed once before it is served.
+                let (cache, sha, size) = (Arc::clone(&self.cache), node.sha256.clone(), node.size);
+                tokio::task::spawn_blocking(move || cache.verify(&sha, size))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
+        if let Some(f) = cached {
             return Ok(self.add_handle(Handle::Local(Some(f))));
         }
         let fetch = self.fetch_for(&node)?;
@@ -679,7 +750,10 @@ impl Fs {
             .ok_or_else(|| {
                 FsError::new(
                     libc::EIO,
-                    format!("{}: the registry lists no sha256", node.path()),
+                    format!(
+                    "{}: the registry lists no valid size and sha256 for this file; it cannot be read safely",
+                    node.path()
+                ),
                 )
             })
     }
@@ -804,7 +878,17 @@ fn pread(file: &std::fs::File, offset: u64, size: u32) -> FsResult<Vec<u8>> {
 fn version_specs(versions: &[Package]) -> Vec<ChildSpec> {
     versions
         .iter()
-        .filter(|p| client_version_ok(&p.version))
+        .filter(|p| {
+            let ok = client_version_ok(&p.version);
+            if !ok {
+                registry::log_once(
+                    "version",
+                    &p.version,
+                    "not a version that can be a directory name",
+                );
+            }
+            ok
+        })
         .map(|p| ChildSpec {
             name: p.version.clone(),
             mtime: parse_time(&p.created_at),
@@ -818,6 +902,9 @@ fn version_specs(versions: &[Package]) -> Vec<ChildSpec> {
 /// names never reach the registry).
 fn name_ok_for(parent: Kind, name: &str) -> bool {
     use crate::protocol::validate;
+    if name.len() > crate::protocol::MAX_COMPONENT_LEN {
+        return false;
+    }
     match parent {
         // Gitea user and organisation names: alphanumerics, `-`, `_`, `.`.
         Kind::Root => {

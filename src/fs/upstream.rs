@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::spool::{SpoolReader, ALIGN, CHUNK};
-use crate::registry::{self, Client, FileRef};
+use crate::registry::{self, Client, FileRef, Sent};
 
 /// What the body may send so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,7 @@ enum Feed {
 /// aborts the request.
 pub(super) struct Upstream {
     feed: watch::Sender<Feed>,
-    task: Option<JoinHandle<registry::Result<()>>>,
+    task: Option<JoinHandle<registry::Result<Sent>>>,
 }
 
 impl Upstream {
@@ -69,7 +69,7 @@ impl Upstream {
     }
 
     /// Ends the body at `size` bytes and waits for the registry's answer.
-    pub async fn finish(mut self, size: u64) -> registry::Result<()> {
+    pub async fn finish(mut self, size: u64) -> registry::Result<Sent> {
         self.feed.send_replace(Feed::Sealed(size));
         let task = self.task.take().expect("an upstream is finished once");
         match task.await {

@@ -20,7 +20,7 @@ use super::tree::{ChildSpec, Ino, Kind, Node};
 use super::upstream::Upstream;
 use super::{lock, Attr, Fs, Handle};
 use crate::protocol::validate::{self, client_version_ok};
-use crate::registry::{self, FileRef};
+use crate::registry::{self, FileRef, Sent};
 
 /// Data of one file being written, shared by all its handles.
 pub(super) struct Writer {
@@ -554,20 +554,51 @@ impl Fs {
         }
     }
 
-    /// The sha256 the registry lists for a file just published (and of the
-    /// expected size), if the listing answers.
-    async fn remote_sha256(&self, fref: &FileRef, size: u64) -> Option<String> {
-        let files = self
+    /// After a `201` for the whole body: the registry's listing must show
+    /// the file with the size and sha256 of what was sent. A listing that
+    /// shows other bytes, or no such file, means the registry does not have
+    /// this upload (a proxy that swallowed it, a server that stored
+    /// something else): EIO, so the source is kept. Only when the listing
+    /// cannot be had is the 201 alone trusted. The returned sha256 is
+    /// always that of the bytes sent, never one taken from the listing
+    /// (the cache is keyed by it).
+    async fn confirm_listed(&self, node: &Node, fref: &FileRef, sent: &Sent) -> FsResult<String> {
+        let files = match self
             .client
             .list_files(&fref.owner, &fref.name, &fref.version)
             .await
-            .ok()?;
+        {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::info!(path = %node.path(), error = %e, "cannot confirm the upload in the listing; the registry answered 201 after the whole body");
+                return Ok(sent.sha256.clone());
+            }
+        };
         let lower = fref.file.to_lowercase();
-        files
-            .into_iter()
-            .find(|f| f.name.to_lowercase() == lower && f.size == size as i64)
-            .map(|f| f.sha256.to_lowercase())
-            .filter(|s| crate::cache::is_sha256(s))
+        let listed = files.iter().find(|f| f.name.to_lowercase() == lower);
+        match listed {
+            Some(f) if f.size == Some(sent.len) && f.sha256.as_deref() == Some(&sent.sha256) => {
+                Ok(sent.sha256.clone())
+            }
+            Some(f) => Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "{}: the registry answered 201 but lists the file with size {:?} and sha256 {:?}, not the {} bytes with sha256 {} that were sent; not counted as published",
+                    node.path(),
+                    f.size,
+                    f.sha256,
+                    sent.len,
+                    sent.sha256
+                ),
+            )),
+            None => Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "{}: the registry answered 201 but does not list the file; not counted as published",
+                    node.path()
+                ),
+            )),
+        }
     }
 
     /// Drops a file that failed before publishing (a failed write): its
@@ -621,9 +652,16 @@ impl Fs {
                 }
             };
             let err = match attempt {
-                // The registry hashed what it received; ask rather than
-                // hash the spool again (an unknown sha256 skips the cache).
-                Ok(()) => return Ok(self.remote_sha256(fref, size).await),
+                Ok(sent) if sent.len == size => {
+                    return self.confirm_listed(node, fref, &sent).await.map(Some)
+                }
+                // The spool and the body disagree: the registry may hold a
+                // file of the wrong length. The listing check below decides.
+                Ok(sent) => registry::Error::Io(format!(
+                    "{}: sent {} bytes of a {size}-byte file",
+                    node.path(),
+                    sent.len
+                )),
                 Err(e) => e,
             };
             if retried
@@ -664,6 +702,7 @@ impl Fs {
                 }
                 e @ (registry::Error::Network(_)
                 | registry::Error::Timeout(_)
+                | registry::Error::Io(_)
                 | registry::Error::Server { .. }) => {
                     // The answer was lost or the server failed: did the
                     // registry get the file? No blind retry (§9 rule 5):
@@ -694,7 +733,12 @@ impl Fs {
     }
 
     /// The PUT of the whole spool, `size` bytes, with `Content-Length`.
-    async fn upload_spool(&self, fref: &FileRef, w: &Writer, size: u64) -> registry::Result<()> {
+    async fn upload_spool(
+        &self,
+        fref: &FileRef,
+        w: &Writer,
+        size: u64,
+    ) -> registry::Result<registry::Sent> {
         let reader = SpoolReader::open(&w.spool.path).map_err(|e| {
             registry::Error::Io(format!("open spool {}: {e}", w.spool.path.display()))
         })?;
@@ -733,7 +777,7 @@ impl Fs {
         };
         let lower = fref.file.to_lowercase();
         match files.iter().find(|f| f.name.to_lowercase() == lower) {
-            Some(f) if f.sha256.eq_ignore_ascii_case(&local) => Ok(Some(local)),
+            Some(f) if f.sha256.as_deref() == Some(local.as_str()) => Ok(Some(local)),
             Some(_) => Err(FsError::new(
                 libc::EEXIST,
                 format!("{}: another upload published this name", node.path()),

@@ -71,13 +71,14 @@ pub struct Package {
 
 /// One file of a version, §6.2. Reads `size` (Gitea ≥ 1.24) and `Size`
 /// (older Gitea, Forgejo); serialises as `size` (the server rewrites the key
-/// in its `--size-key Size` mode).
+/// in its `--size-key Size` mode). `size` is `None` when the listing has
+/// none: the client must not take that for an empty file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PackageFile {
     pub id: i64,
     #[serde(alias = "Size")]
-    pub size: i64,
+    pub size: Option<i64>,
     pub name: String,
     pub md5: String,
     pub sha1: String,
@@ -101,8 +102,10 @@ mod tests {
     fn package_file_accepts_both_size_spellings() {
         let new: PackageFile = serde_json::from_str(r#"{"id":1,"size":5,"name":"a"}"#).unwrap();
         let old: PackageFile = serde_json::from_str(r#"{"id":1,"Size":5,"name":"a"}"#).unwrap();
-        assert_eq!(new.size, 5);
-        assert_eq!(old.size, 5);
+        assert_eq!(new.size, Some(5));
+        assert_eq!(old.size, Some(5));
+        let none: PackageFile = serde_json::from_str(r#"{"id":1,"name":"a"}"#).unwrap();
+        assert_eq!(none.size, None);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub enum Error {
     /// The server's TLS certificate is not trusted: retrying cannot help.
     #[error("TLS certificate not trusted: {0}")]
     Tls(String),
+    /// The answer breaks the protocol (not JSON, too large, endless pages,
+    /// a body that does not match its headers): retrying cannot help.
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
     /// Downloaded bytes do not match the registry's sha256.
     #[error("checksum mismatch: {0}")]
     Corrupt(String),

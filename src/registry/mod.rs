@@ -4,6 +4,7 @@
 
 mod error;
 mod list;
+pub mod redact;
 mod transfer;
 
 use std::time::{Duration, Instant};
@@ -13,7 +14,8 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use url::Url;
 
 pub use error::Error;
-pub use transfer::{validate_ref, Download, FileRef};
+pub use list::{log_once, FileEntry, PackageVersion, EMPTY_SHA256};
+pub use transfer::{validate_ref, Download, FileRef, Sent};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -57,6 +59,7 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Client> {
         let mut headers = HeaderMap::new();
         if let Some(token) = &config.token {
+            redact::register_secret(token);
             let mut value = HeaderValue::from_str(&format!("token {token}"))
                 .map_err(|_| Error::Invalid("the token contains invalid characters".into()))?;
             value.set_sensitive(true);
@@ -82,11 +85,13 @@ impl Client {
                 .map_err(|e| Error::Network(format!("cannot build HTTP client: {e}")))
         };
         let http = built(builder().read_timeout(config.timeout))?;
+        // A redirect of a PUT is never followed: the body cannot be sent
+        // twice, and a 3xx is not the registry storing the file.
         // Uploads: reqwest's read timeout runs while the body is being sent
         // (the server says nothing until the end), so it would fail every
         // upload longer than `timeout`. They get a stall timeout of their
         // own instead (`transfer::put`).
-        let upload_http = built(builder())?;
+        let upload_http = built(builder().redirect(reqwest::redirect::Policy::none()))?;
         let mut base = config.base;
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -155,20 +160,53 @@ impl Client {
 
     /// GET of a JSON document (with retries).
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &Url) -> Result<(T, HeaderMap)> {
-        let resp = self.send_idempotent(Method::GET, url, |r| r).await?;
-        let headers = resp.headers().clone();
+        let (bytes, headers) = self.get_body(url).await?;
         let what = describe(&Method::GET, url);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::from_reqwest(&e, &what))?;
-        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Server {
-            status: 200,
-            message: format!("{what}: unexpected JSON: {e}"),
-        })?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("{what}: unexpected JSON: {e}")))?;
         Ok((value, headers))
     }
+
+    /// GET of a JSON body of at most `MAX_JSON_BODY` bytes (with retries).
+    /// A larger body is refused as it arrives, never held whole.
+    async fn get_body(&self, url: &Url) -> Result<(Vec<u8>, HeaderMap)> {
+        let mut resp = self.send_idempotent(Method::GET, url, |r| r).await?;
+        let headers = resp.headers().clone();
+        let what = describe(&Method::GET, url);
+        let too_big = || {
+            let e = Error::Protocol(format!(
+                "{what}: answer larger than {} MiB; refused",
+                MAX_JSON_BODY >> 20
+            ));
+            tracing::warn!(error = %e, "listing refused");
+            e
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_JSON_BODY as u64)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| Error::from_reqwest(&e, &what))?
+        {
+            if body.len() + chunk.len() > MAX_JSON_BODY {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, headers))
+    }
 }
+
+/// Largest JSON answer accepted: 16 MiB holds the file list of a version
+/// with some 50,000 files, or hundreds of pages' worth of packages; a
+/// larger one is a broken or hostile server, and holding it (and its
+/// parsed form, several times larger) would cost the daemon's memory.
+const MAX_JSON_BODY: usize = 16 << 20;
 
 /// `METHOD /path` for logs and errors: never the query string or host
 /// credentials.
@@ -201,15 +239,24 @@ async fn check_status(
     Err((err, retry_after))
 }
 
-/// The first KiB of an error body, for the log.
+/// The start of an error body, for the log: at most 1 KiB read, 256
+/// characters kept, credentials redacted, control characters escaped.
 async fn read_error_body(resp: Response) -> String {
-    let bytes = resp.bytes().await.unwrap_or_default();
-    let cut = &bytes[..bytes.len().min(1024)];
-    let text = String::from_utf8_lossy(cut);
+    let mut resp = resp;
+    let mut bytes = Vec::new();
+    while bytes.len() < 1024 {
+        match resp.chunk().await {
+            Ok(Some(c)) => bytes.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    bytes.truncate(1024);
+    let text = String::from_utf8_lossy(&bytes);
     // v1 error bodies are JSON {"message": ...}; packages bodies plain text.
-    serde_json::from_str::<crate::protocol::ApiError>(&text)
+    let text = serde_json::from_str::<crate::protocol::ApiError>(&text)
         .map(|e| e.message)
-        .unwrap_or_else(|_| text.into_owned())
+        .unwrap_or_else(|_| text.into_owned());
+    redact::for_log(&text, 256)
 }
 
 fn jitter(d: Duration) -> Duration {

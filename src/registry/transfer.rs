@@ -47,7 +47,12 @@ impl Download {
                 .await
                 .map_err(|e| Error::from_reqwest(&e, &self.what))?;
             let Some(mut chunk) = chunk else {
-                return Ok(None);
+                // The connection ended the body before the bytes asked for:
+                // not the end of the file (retried from where it stopped).
+                return Err(Error::Network(format!(
+                    "{}: the body ended {} bytes early",
+                    self.what, self.remaining
+                )));
             };
             if self.skip > 0 {
                 let n = (self.skip as usize).min(chunk.len());
@@ -67,9 +72,12 @@ impl Download {
 }
 
 impl Client {
-    /// Starts a GET of bytes `start..end` of `file`. `RangeNotSatisfiable`
-    /// means `start` is at or past the end of the file.
-    pub async fn download(&self, f: &FileRef, start: u64, end: u64) -> Result<Download> {
+    /// Starts a GET of bytes `start..end` of `file`, which the listing says
+    /// is `size` bytes long. `RangeNotSatisfiable` means `start` is at or
+    /// past the end of the file. An answer whose length disagrees with
+    /// `size` (`Content-Range` total, or `Content-Length` of a 200) is
+    /// refused: those bytes are not the listed file's.
+    pub async fn download(&self, f: &FileRef, start: u64, end: u64, size: u64) -> Result<Download> {
         let url = paths::file_url(&self.base, &f.owner, &f.name, &f.version, &f.file);
         let what = describe(&Method::GET, &url);
         let resp = self
@@ -79,20 +87,30 @@ impl Client {
             .await?;
         let skip = match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
-                let first = resp
+                let range = resp
                     .headers()
                     .get(CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(parse_content_range_start);
-                if first != Some(start) {
-                    return Err(Error::Server {
-                        status: 206,
-                        message: format!("{what}: unexpected Content-Range {first:?}"),
-                    });
+                    .and_then(parse_content_range);
+                match range {
+                    Some((first, Some(total))) if first == start && total == size => {}
+                    Some((first, None)) if first == start => {}
+                    _ => {
+                        return Err(Error::Protocol(format!(
+                            "{what}: Content-Range {range:?} does not fit bytes {start}- of a {size}-byte file"
+                        )))
+                    }
                 }
                 0
             }
-            StatusCode::OK => start,
+            StatusCode::OK => {
+                if let Some(len) = resp.content_length().filter(|&l| l != size) {
+                    return Err(Error::Protocol(format!(
+                        "{what}: the registry sends {len} bytes for a file it lists as {size} bytes"
+                    )));
+                }
+                start
+            }
             s => {
                 return Err(Error::Server {
                     status: s.as_u16(),
@@ -112,7 +130,7 @@ impl Client {
     /// and `Content-Length`. Names are validated locally first: an invalid
     /// one sends nothing. Never retried here: the caller decides (§9 rule
     /// 5, no blind retry).
-    pub async fn upload<S>(&self, f: &FileRef, len: u64, body: S) -> Result<()>
+    pub async fn upload<S>(&self, f: &FileRef, len: u64, body: S) -> Result<Sent>
     where
         S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
@@ -124,7 +142,7 @@ impl Client {
     /// (no `Content-Length`; registry-api.md §4 accepts both). The stream
     /// ends the body with `None`; an `Err` item aborts the request mid-body,
     /// so the registry stores nothing. Never retried here.
-    pub async fn upload_stream<S>(&self, f: &FileRef, body: S) -> Result<()>
+    pub async fn upload_stream<S>(&self, f: &FileRef, body: S) -> Result<Sent>
     where
         S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
@@ -137,7 +155,16 @@ impl Client {
     /// while the body had some to give, or no answer after the body ended.
     /// Time spent waiting for the body itself (the disk, or a writer that
     /// pauses) does not count.
-    async fn put<S>(&self, f: &FileRef, len: Option<u64>, body: S) -> Result<()>
+    ///
+    /// Success is exactly the registry's `201 Created` answered after the
+    /// whole body was handed to the connection (protocol: "a PUT succeeds
+    /// only with 201 after the whole body"): an answer that came while body
+    /// bytes were still unsent (a proxy answering early), any other 2xx and
+    /// every 3xx (redirects are never followed for a PUT) are failures whose
+    /// outcome the caller must check with a listing. The bytes are hashed
+    /// as they are sent, so the caller learns the sha256 of what the
+    /// registry was given without reading the spool again.
+    async fn put<S>(&self, f: &FileRef, len: Option<u64>, body: S) -> Result<Sent>
     where
         S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
@@ -167,12 +194,46 @@ impl Client {
                 }
             }
         };
+        let status = resp.status();
+        // Read before the status is judged: the connection task may still
+        // be taking the last bytes when a (hostile) answer arrives early.
+        let sent = progress.sent();
+        let whole = match len {
+            Some(len) => sent.len == len,
+            None => sent.ended,
+        };
         let checked =
             tokio::time::timeout(self.timeout, super::check_status(resp, &Method::PUT, &url))
                 .await
                 .map_err(|_| Error::Timeout(format!("{what}: the answer stalled")))?;
         checked.map_err(|(e, _)| e)?;
-        Ok(())
+        if status.is_redirection() {
+            return Err(Error::Server {
+                status: status.as_u16(),
+                message: format!(
+                    "{what}: the registry answered a redirect to an upload; redirects are never followed for a PUT, the file was not stored"
+                ),
+            });
+        }
+        if status != StatusCode::CREATED {
+            return Err(Error::Server {
+                status: status.as_u16(),
+                message: format!(
+                    "{what}: answered {status} instead of 201 Created; not counted as stored"
+                ),
+            });
+        }
+        if !whole {
+            return Err(Error::Network(format!(
+                "{what}: answered 201 after {} bytes of the body{}: the registry cannot have the whole file",
+                sent.len,
+                len.map(|l| format!(" of {l}")).unwrap_or_default()
+            )));
+        }
+        Ok(Sent {
+            len: sent.len,
+            sha256: sent.sha256,
+        })
     }
 
     /// DELETE of one file. 404 is reported as `NotFound`.
@@ -192,7 +253,33 @@ impl Client {
     }
 }
 
-/// When a request body last moved, for `Client::put`'s stall timeout.
+/// What a successful PUT handed to the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Body bytes taken by the connection.
+    pub len: u64,
+    /// sha256 (lower-case hex) of exactly those bytes.
+    pub sha256: String,
+}
+
+/// The body as taken so far.
+struct Taken {
+    len: u64,
+    /// The body stream ended (its last piece was taken).
+    ended: bool,
+    /// sha256 of the bytes taken.
+    digest: ring::digest::Context,
+}
+
+/// `Progress::sent`: the body taken at the moment of asking.
+struct SentSoFar {
+    len: u64,
+    ended: bool,
+    sha256: String,
+}
+
+/// When a request body last moved, for `Client::put`'s stall timeout, and
+/// what it sent (length, end, sha256).
 struct Progress {
     start: Instant,
     /// Milliseconds after `start` of the last step of the body.
@@ -200,6 +287,7 @@ struct Progress {
     /// The body is waiting for its own source (disk, writer), not for the
     /// network.
     waiting_for_source: AtomicBool,
+    taken: std::sync::Mutex<Taken>,
 }
 
 impl Progress {
@@ -208,6 +296,20 @@ impl Progress {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             waiting_for_source: AtomicBool::new(false),
+            taken: std::sync::Mutex::new(Taken {
+                len: 0,
+                ended: false,
+                digest: ring::digest::Context::new(&ring::digest::SHA256),
+            }),
+        }
+    }
+
+    fn sent(&self) -> SentSoFar {
+        let t = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        SentSoFar {
+            len: t.len,
+            ended: t.ended,
+            sha256: hex::encode(t.digest.clone().finish()),
         }
     }
 
@@ -238,6 +340,17 @@ impl Progress {
                 me.last_ms.store(ms, Ordering::Relaxed);
             }
             me.waiting_for_source.store(waiting, Ordering::Relaxed);
+            match &r {
+                std::task::Poll::Ready(Some(Ok(chunk))) => {
+                    let mut t = me.taken.lock().unwrap_or_else(|e| e.into_inner());
+                    t.digest.update(chunk);
+                    t.len += chunk.len() as u64;
+                }
+                std::task::Poll::Ready(None) => {
+                    me.taken.lock().unwrap_or_else(|e| e.into_inner()).ended = true;
+                }
+                _ => {}
+            }
             r
         })
     }
@@ -261,12 +374,17 @@ pub fn validate_ref(f: &FileRef) -> Result<()> {
     Ok(())
 }
 
-/// `bytes 100-199/1000` → 100.
-fn parse_content_range_start(v: &str) -> Option<u64> {
+/// `bytes 100-199/1000` → (100, Some(1000)); `bytes 100-199/*` →
+/// (100, None).
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
-    let (range, _) = rest.split_once('/')?;
+    let (range, total) = rest.split_once('/')?;
     let (start, _) = range.split_once('-')?;
-    start.trim().parse().ok()
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((start.trim().parse().ok()?, total))
 }
 
 #[cfg(test)]
@@ -275,7 +393,12 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(parse_content_range_start("bytes 100-199/1000"), Some(100));
-        assert_eq!(parse_content_range_start("bytes */1000"), None);
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000"),
+            Some((100, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, None)));
+        assert_eq!(parse_content_range("bytes */1000"), None);
+        assert_eq!(parse_content_range("bytes 1-2/x"), None);
     }
 }

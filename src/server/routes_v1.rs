@@ -408,7 +408,7 @@ async fn list_files(ctx: &Ctx<'_>, owner: &str, t: &str, name: &str, version: &s
 fn file_json(f: &FileRow) -> PackageFile {
     PackageFile {
         id: f.id,
-        size: f.blob.size as i64,
+        size: Some(f.blob.size as i64),
         name: f.name.clone(),
         md5: f.blob.md5.clone(),
         sha1: f.blob.sha1.clone(),

@@ -43,6 +43,30 @@ impl Mount {
 
     /// Mounts with a given cache directory (to test reuse across mounts).
     pub fn start_with_cache(url: &str, token: Option<&str>, extra: &[&str], cache: &Path) -> Mount {
+        Mount::start_full(url, token, extra, cache, &[])
+    }
+
+    /// Mounts with extra environment variables for the daemon.
+    pub fn start_with_env(
+        url: &str,
+        token: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Mount {
+        let cache = TempDir::new().expect("cache tempdir");
+        let path = cache.path().join("cache");
+        let mut m = Mount::start_full(url, token, extra, &path, env);
+        m._cache_holder = Some(cache);
+        m
+    }
+
+    fn start_full(
+        url: &str,
+        token: Option<&str>,
+        extra: &[&str],
+        cache: &Path,
+        env: &[(&str, String)],
+    ) -> Mount {
         let dir = TempDir::new().expect("mount tempdir");
         let log = dir.path().with_extension("log");
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -64,6 +88,9 @@ impl Mount {
             .stderr(log_file);
         if let Some(t) = token {
             cmd.env("PKGFS_TOKEN", t);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn pkgfs mount");
         let mut m = Mount {
