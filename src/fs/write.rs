@@ -563,19 +563,13 @@ impl Fs {
     /// always that of the bytes sent, never one taken from the listing
     /// (the cache is keyed by it).
     async fn confirm_listed(&self, node: &Node, fref: &FileRef, sent: &Sent) -> FsResult<String> {
-        let files = match self
-            .client
-            .list_files(&fref.owner, &fref.name, &fref.version)
-            .await
-        {
-            Ok(files) => files,
+        let listed = match self.listed_file(fref).await {
+            Ok(listed) => listed,
             Err(e) => {
                 tracing::info!(path = %node.path(), error = %e, "cannot confirm the upload in the listing; the registry answered 201 after the whole body");
                 return Ok(sent.sha256.clone());
             }
         };
-        let lower = fref.file.to_lowercase();
-        let listed = files.iter().find(|f| f.name.to_lowercase() == lower);
         match listed {
             Some(f) if f.size == Some(sent.len) && f.sha256.as_deref() == Some(&sent.sha256) => {
                 Ok(sent.sha256.clone())
@@ -766,17 +760,7 @@ impl Fs {
                 .map_err(|e| FsError::new(libc::EIO, e.to_string()))?
                 .map_err(|e| FsError::io(e, "hash spool"))?
         };
-        let files = match self
-            .client
-            .list_files(&fref.owner, &fref.name, &fref.version)
-            .await
-        {
-            Ok(f) => f,
-            Err(registry::Error::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let lower = fref.file.to_lowercase();
-        match files.iter().find(|f| f.name.to_lowercase() == lower) {
+        match self.listed_file(fref).await? {
             Some(f) if f.sha256.as_deref() == Some(local.as_str()) => Ok(Some(local)),
             Some(_) => Err(FsError::new(
                 libc::EEXIST,
@@ -784,6 +768,22 @@ impl Fs {
             )),
             None => Ok(None),
         }
+    }
+
+    /// The registry's entry for `fref` in its version's listing (`None`
+    /// when the version or the file is not listed).
+    async fn listed_file(&self, fref: &FileRef) -> registry::Result<Option<registry::FileEntry>> {
+        let files = match self
+            .client
+            .list_files(&fref.owner, &fref.name, &fref.version)
+            .await
+        {
+            Ok(f) => f,
+            Err(registry::Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let lower = fref.file.to_lowercase();
+        Ok(files.into_iter().find(|f| f.name.to_lowercase() == lower))
     }
 
     fn version_lock(&self, node: &Node) -> Arc<tokio::sync::Mutex<()>> {

@@ -286,9 +286,7 @@ impl FileEntry {
         let sha256 = Some(f.sha256.to_ascii_lowercase()).filter(|s| crate::cache::is_sha256(s));
         // An empty file has one possible hash, and that hash one size.
         let consistent = match (size, sha256.as_deref()) {
-            (Some(0), Some(h)) | (Some(_), Some(h @ EMPTY_SHA256)) => {
-                (size == Some(0)) == (h == EMPTY_SHA256)
-            }
+            (Some(n), Some(h)) => (n == 0) == (h == EMPTY_SHA256),
             _ => true,
         };
         if !consistent || size.is_none() || sha256.is_none() {
