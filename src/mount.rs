@@ -60,8 +60,9 @@ pub struct MountArgs {
     /// Seconds a directory listing is trusted before it is fetched again.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub metadata_ttl: u64,
-    /// Seconds before a request without progress fails with EIO; a syscall
-    /// never waits longer for the network.
+    /// Seconds a syscall waits on the network at most (lookups, listings,
+    /// opens, reads: EIO after this plus 0.5 s in all); an upload fails
+    /// after this long without progress.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub timeout: u64,
     /// Largest read-ahead window of a sequential read, e.g. 64MiB.
@@ -179,14 +180,44 @@ fn check_args(args: &MountArgs) -> Result<(Url, PathBuf)> {
     Ok((url, mp))
 }
 
+/// Removes `name` from the environment after overwriting its value with
+/// NULs where it lies: `remove_var` only unlinks it from `environ`, while
+/// `/proc/PID/environ` (and `ps e`) keep showing the block the process was
+/// started with. Must run before any other thread exists.
+fn scrub_env_var(name: &str) {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    // SAFETY: single-threaded (see the caller), so nothing reads or changes
+    // the environment meanwhile; `environ` is a NULL-terminated array of
+    // NUL-terminated strings, and each string's bytes before its NUL are
+    // writable (the initial block on the stack, or heap from setenv).
+    unsafe {
+        let mut p = std::ptr::addr_of!(environ).read();
+        while !p.is_null() && !(*p).is_null() {
+            let entry = std::ffi::CStr::from_ptr(*p).to_bytes();
+            if entry.len() > name.len()
+                && entry.starts_with(name.as_bytes())
+                && entry[name.len()] == b'='
+            {
+                let value = (*p).add(name.len() + 1);
+                std::ptr::write_bytes(value, 0, entry.len() - name.len() - 1);
+            }
+            p = p.add(1);
+        }
+    }
+    std::env::remove_var(name);
+}
+
 /// Entry point of `pkgfs mount`.
 pub fn run(args: MountArgs) -> Result<()> {
     let (url, mountpoint) = check_args(&args)?;
     let token = read_token(&args)?;
     // Once read, the token leaves the environment, so that no child
     // (fusermount3 at mount and unmount, anything a library spawns) ever
-    // inherits it. Single-threaded here: no runtime or logger thread yet.
-    std::env::remove_var("PKGFS_TOKEN");
+    // inherits it and /proc/PID/environ no longer shows it.
+    // Single-threaded here: no runtime or logger thread yet.
+    scrub_env_var("PKGFS_TOKEN");
     if args.foreground {
         init_logging(&args, None)?;
         return serve_mount(args, url, mountpoint, token, &mut None);

@@ -86,7 +86,15 @@ struct State {
     bypass: bool,
     /// The sha256 verifier task is running.
     verifier: bool,
+    /// When a read last gave up waiting for bytes (see `FAIL_FAST`).
+    timed_out: Option<Instant>,
 }
+
+/// After a read gave up waiting, reads that would wait again fail at once
+/// for this long. One syscall can be several FUSE reads (the kernel
+/// retries a failed readahead with a synchronous read of the same pages),
+/// and each must not wait the whole `--timeout` again.
+const FAIL_FAST: Duration = Duration::from_secs(1);
 
 /// A download shared by all readers of one file.
 pub struct Fetch {
@@ -154,6 +162,7 @@ impl Fetch {
                 committed: false,
                 bypass,
                 verifier: false,
+                timed_out: None,
             }),
             progress: watch::channel(0).0,
             demand_changed: Notify::new(),
@@ -199,6 +208,21 @@ impl Fetch {
                 }
                 Step::Wait => {
                     tracing::trace!(offset, "read waits for data");
+                    let recent = self
+                        .lock()
+                        .timed_out
+                        .filter(|t| t.elapsed() < FAIL_FAST)
+                        .map(|t| t.elapsed());
+                    if let Some(ago) = recent {
+                        return Err(FsError::new(
+                            libc::EIO,
+                            format!(
+                                "{}: a read gave up waiting for bytes {} ms ago and they still have not arrived",
+                                self.what(),
+                                ago.as_millis()
+                            ),
+                        ));
+                    }
                     if tokio::time::timeout_at(deadline, rx.changed())
                         .await
                         .is_err()
@@ -209,6 +233,7 @@ impl Fetch {
                             stall.as_secs()
                         );
                         tracing::warn!("{msg}");
+                        self.lock().timed_out = Some(Instant::now());
                         return Err(FsError::new(libc::EIO, msg));
                     }
                 }

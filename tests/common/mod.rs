@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod data;
+pub mod hostile;
 pub mod mount;
 pub mod server;
 pub mod sync;
