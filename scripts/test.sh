@@ -35,7 +35,7 @@ cargo test --locked --no-run
 # leftover test mounts (registry on 127.0.0.1, mountpoint under /tmp) are
 # lazily unmounted so that no process stays blocked on them.
 rc=0
-timeout -k 10 "${PKGFS_TEST_TIMEOUT:-600}" \
+timeout -k 10 "${PKGFS_TEST_TIMEOUT:-900}" \
   cargo test --locked --no-fail-fast -- --test-threads="${PKGFS_TEST_THREADS:-2}" || rc=$?
 # The README's first command, once, with the binary just built.
 if [ "$rc" = 0 ]; then
@@ -47,7 +47,7 @@ if [ "$rc" = 0 ]; then
   [ "$rc" = 0 ] && echo "test.sh: scripts/demo.sh --once: ok"
 fi
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-  echo "test.sh: the tests did not finish within ${PKGFS_TEST_TIMEOUT:-600} s (a hang)" >&2
+  echo "test.sh: the tests did not finish within ${PKGFS_TEST_TIMEOUT:-900} s (a hang)" >&2
   awk '$1 ~ /^pkgfs:127\.0\.0\.1/ && $2 ~ /^\/tmp\// {print $2}' /proc/mounts |
     while read -r m; do fusermount3 -uz "$m" || true; done
 fi

@@ -115,6 +115,17 @@ fn errno(op: &str, e: &FsError) -> Errno {
     Errno::from_i32(e.errno)
 }
 
+/// Replies with an entry, which the kernel holds until it forgets it.
+fn reply_entry(fs: &Fs, ttl: &Duration, op: &str, r: FsResult<Attr>, reply: ReplyEntry) {
+    match r {
+        Ok(a) => {
+            fs.remember(a.ino);
+            reply.entry(ttl, &to_attr(&a), Generation(0))
+        }
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
 /// Replies to an operation that returns nothing.
 fn reply_empty(reply: ReplyEmpty, op: &str, r: FsResult<()>) {
     match r {
@@ -155,19 +166,17 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENOENT);
         };
         let ttl = self.ttl;
-        let answer = move |r: FsResult<Attr>, reply: ReplyEntry| match r {
-            Ok(a) => reply.entry(&ttl, &to_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno("lookup", &e)),
-        };
         match self.fs.lookup_now(parent.0, &name) {
-            Some(r) => answer(r, reply),
+            Some(r) => reply_entry(&self.fs, &ttl, "lookup", r, reply),
             None => self.spawn(move |fs| async move {
-                answer(
-                    fs.bounded("lookup", fs.lookup(parent.0, &name)).await,
-                    reply,
-                )
+                let r = fs.bounded("lookup", fs.lookup(parent.0, &name)).await;
+                reply_entry(&fs, &ttl, "lookup", r, reply)
             }),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -343,6 +352,7 @@ impl Filesystem for FuseFs {
                 .await
             {
                 Ok((a, fh)) => {
+                    fs.remember(a.ino);
                     pt.note_cached_open(a.ino, fh);
                     // Direct I/O: the data goes from the writer's pages to
                     // the spool without filling the page cache of the
@@ -424,10 +434,8 @@ impl Filesystem for FuseFs {
         };
         let ttl = self.ttl;
         self.spawn(move |fs| async move {
-            match fs.bounded("mkdir", fs.mkdir(parent.0, &name)).await {
-                Ok(a) => reply.entry(&ttl, &to_attr(&a), Generation(0)),
-                Err(e) => reply.error(errno("mkdir", &e)),
-            }
+            let r = fs.bounded("mkdir", fs.mkdir(parent.0, &name)).await;
+            reply_entry(&fs, &ttl, "mkdir", r, reply)
         });
     }
 

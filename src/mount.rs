@@ -209,6 +209,23 @@ fn scrub_env_var(name: &str) {
     std::env::remove_var(name);
 }
 
+/// Caps glibc's malloc at two arenas. By default it keeps one per thread
+/// up to 8 per core, and a daemon whose requests hop between runtime and
+/// blocking threads then fragments every arena a little more with each
+/// operation: under a steady load RSS crept up by about 10 % a minute
+/// (tests/memory.rs), with two arenas it stays flat, at no measurable
+/// cost in throughput. `MALLOC_ARENA_MAX` in the environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before
+        // any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 /// Entry point of `pkgfs mount`.
 pub fn run(args: MountArgs) -> Result<()> {
     let (url, mountpoint) = check_args(&args)?;
@@ -218,6 +235,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     // inherits it and /proc/PID/environ no longer shows it.
     // Single-threaded here: no runtime or logger thread yet.
     scrub_env_var("PKGFS_TOKEN");
+    limit_malloc_arenas();
     if args.foreground {
         init_logging(&args, None)?;
         return serve_mount(args, url, mountpoint, token, &mut None);
@@ -414,8 +432,20 @@ fn serve_mount(
             }
         }
         None => {
-            if let Err(e) = bg.join() {
-                tracing::warn!(error = %e, "FUSE session ended with an error");
+            // Someone else unmounted (`fusermount3 -u`): the mount is gone,
+            // and fuser's unmount-on-drop would unmount *by path*, which
+            // can hit a new mount at the same mount point made meanwhile
+            // (`fusermount3 -u M; pkgfs mount URL M`). Join the session
+            // thread without ever dropping the mount handle; the process
+            // exits right after, closing the device.
+            let bg = std::mem::ManuallyDrop::new(bg);
+            // SAFETY: `guard` is moved out exactly once, and `bg` is never
+            // dropped or used again, so it is not dropped twice.
+            let guard = unsafe { std::ptr::read(&bg.guard) };
+            match guard.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+                Err(_) => tracing::warn!("the FUSE session thread panicked"),
             }
         }
     }

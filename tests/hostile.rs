@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::hostile::{Action, Canned, Hostile, Rule, Seen};
-use common::mount::Mount;
+use common::mount::{write_and_close, Mount};
 use common::server::TestServer;
 use common::{data, sha256_hex};
 use serde_json::{json, Value};
@@ -48,19 +48,6 @@ fn names_in(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// Creates `p`, writes `bytes` and closes it, returning close()'s verdict
-/// (which `std::fs::write` drops).
-fn write_and_close(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(p)?;
-    f.write_all(bytes)?;
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
-    // SAFETY: `fd` was just taken from the File and is closed once.
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// `mv src dst` with the real tool; whether it succeeded.
@@ -479,6 +466,60 @@ fn short_200_to_a_range_request_is_eio_without_a_retry_storm() {
         gets,
         "GETs went on after the read failed"
     );
+}
+
+/// A `Retry-After` of a day, or a 206 for bytes other than those asked:
+/// the syscall fails at once (EIO) instead of sleeping or looping.
+#[test]
+fn retry_after_and_wrong_content_range_never_stall_a_syscall() {
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "pkg", "1.0", "x.bin", b"x");
+    let big = data(1 << 20, 9);
+    server.put_ok("alice", "pkg", "1.0", "range.bin", &big);
+    let proxy = Hostile::start(&server.url);
+    proxy.add(Rule::new(
+        Some("GET"),
+        "/pkg/2.0/files",
+        Action::Custom(Arc::new(|_s: &Seen| Canned {
+            status: 503,
+            headers: vec![("retry-after".into(), "86400".into())],
+            body: b"maintenance".to_vec(),
+        })),
+    ));
+    proxy.add(Rule::new(
+        Some("GET"),
+        "/range.bin",
+        Action::SetHeaders(vec![(
+            "content-range".into(),
+            "bytes 7-1048575/1048576".into(),
+        )]),
+    ));
+    server.put_ok("alice", "pkg", "2.0", "y.bin", b"y");
+    let m = Mount::start(&proxy.url, Some(&server.token), &["--timeout", "10"]);
+    let t = Instant::now();
+    let r = std::fs::read_dir(m.path("alice/pkg/2.0")).map(|d| d.count());
+    assert_eq!(errno(r), libc::EIO);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "ls took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        proxy.count(Some("GET"), "/pkg/2.0/files"),
+        1,
+        "no retry after a day"
+    );
+    let f = std::fs::File::open(m.path("alice/pkg/1.0/range.bin")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let t = Instant::now();
+    assert_eq!(errno(f.read_at(&mut buf, 512 << 10)), libc::EIO);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "read took {:?}",
+        t.elapsed()
+    );
+    let gets = proxy.count(Some("GET"), "/range.bin");
+    assert!((1..=5).contains(&gets), "{gets} GETs for one read");
 }
 
 /// A 50 MiB files listing is refused while it arrives (the log says so)

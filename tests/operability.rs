@@ -231,3 +231,45 @@ fn mount_t_fuse_pkgfs_through_mount_8() {
     let _guard = Unmounter(mp.clone());
     assert_mount_serves(&out, &mp, "alice/fstab/1.0/f", b"from fstab");
 }
+
+/// `fusermount3 -u M` followed at once by a new mount at M: the old daemon,
+/// exiting, must not unmount the new mount (fuser unmounts by path when its
+/// session handle is dropped).
+#[test]
+fn an_exiting_daemon_never_unmounts_the_next_mount_at_its_mount_point() {
+    let server = TestServer::start(&[]);
+    server.put_ok("alice", "tool", "1.0", "t.bin", b"again");
+    let dir = tempfile::tempdir().unwrap();
+    let (token, mp) = token_file_and_mountpoint(dir.path(), &server.token);
+    let mount = |i: usize| {
+        Command::new(pkgfs_bin())
+            .args(["mount", &server.url])
+            .arg(&mp)
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--cache-dir")
+            .arg(dir.path().join(format!("cache{i}")))
+            .output()
+            .unwrap()
+    };
+    let _guard = Unmounter(mp.clone());
+    let out = mount(0);
+    assert_mount_serves(&out, &mp, "alice/tool/1.0/t.bin", b"again");
+    for i in 1..=8 {
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mp)
+            .status()
+            .unwrap();
+        assert!(st.success(), "fusermount3 -u");
+        let out = mount(i);
+        assert_mount_serves(&out, &mp, "alice/tool/1.0/t.bin", b"again");
+        // The previous daemon is gone by now, whatever it did on its way.
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(is_mounted(&mp), "round {i}: the new mount was unmounted");
+        assert_eq!(
+            std::fs::read(mp.join("alice/tool/1.0/t.bin")).unwrap(),
+            b"again"
+        );
+    }
+}

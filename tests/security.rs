@@ -11,22 +11,9 @@ use std::process::Command;
 
 use serde_json::json;
 
-use common::mount::{assert_mount_serves, pkgfs_bin, Mount, Unmounter};
+use common::mount::{assert_mount_serves, pkgfs_bin, write_and_close, Mount, Unmounter};
 use common::server::TestServer;
 use common::{data, sha256_hex};
-
-/// Like `std::fs::write`, but reports the result of close(), where the
-/// upload happens (dropping a `File` ignores it).
-fn write_and_close(p: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(p)?;
-    f.write_all(bytes)?;
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
-    // SAFETY: `fd` was just taken from the File and is closed once.
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().mode() & 0o777

@@ -102,6 +102,9 @@ enum Handle {
     Write(Arc<Writer>, Opener),
 }
 
+/// Remembered probes beyond which expired absent names are pruned.
+const MAX_PROBED: usize = 4096;
+
 /// The mounted filesystem.
 pub struct Fs {
     client: Client,
@@ -245,6 +248,33 @@ impl Fs {
             .ok_or_else(|| FsError::not_found(format!("inode {ino} is unknown")))
     }
 
+    /// The kernel was given an entry for `ino`: it may use the inode until
+    /// it forgets it (`forget`), even after the name is gone.
+    pub fn remember(&self, ino: Ino) {
+        lock(&self.tree).looked_up(ino);
+    }
+
+    /// The kernel dropped `n` references to `ino`: a node no directory
+    /// lists any more goes, with the per-directory state of what went.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let reaped = {
+            let mut tree = lock(&self.tree);
+            tree.forget(ino, n);
+            tree.take_reaped()
+        };
+        if !reaped.is_empty() {
+            let mut seen = lock(&self.dir_seen);
+            for ino in &reaped {
+                seen.remove(ino);
+            }
+            drop(seen);
+            let mut locks = lock(&self.listing_locks);
+            for ino in &reaped {
+                locks.remove(ino);
+            }
+        }
+    }
+
     /// Attributes of a known inode.
     pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         Ok(self.attr_of(&self.node(ino)?))
@@ -361,7 +391,7 @@ impl Fs {
             if tree.child(owner.ino, name).is_some_and(|n| !n.local) {
                 tree.remove_child(owner.ino, name); // deleted meanwhile
             }
-            lock(&self.probed).insert(key, (Instant::now(), false));
+            self.note_probe(key, false);
             return Err(missing());
         };
         lock(&self.probed).remove(&key);
@@ -400,8 +430,20 @@ impl Fs {
             }
         }
         let exists = self.client.owner_exists(name).await?;
-        lock(&self.probed).insert(key, (Instant::now(), exists));
+        self.note_probe(key, exists);
         Ok(exists)
+    }
+
+    /// Remembers a probe's answer. Absent names expire after the negative
+    /// TTL and are pruned once there are many of them: a build probing
+    /// ever new names must not grow the daemon.
+    fn note_probe(&self, key: String, exists: bool) {
+        let mut probed = lock(&self.probed);
+        if probed.len() >= MAX_PROBED {
+            let ttl = self.negative_ttl();
+            probed.retain(|_, (at, exists)| *exists || at.elapsed() < ttl);
+        }
+        probed.insert(key, (Instant::now(), exists));
     }
 
     fn negative_ttl(&self) -> Duration {

@@ -100,10 +100,20 @@ struct Dir {
 }
 
 /// All inodes known to this mount.
+///
+/// A node lives while a directory lists it or the kernel holds a reference
+/// to it (a lookup not yet forgotten): a node dropped from its directory
+/// (deleted, replaced by other content, gone from a listing) is removed
+/// once the kernel forgets it, so the table holds what the listings hold
+/// plus what the kernel still uses, not every name ever seen.
 #[derive(Debug)]
 pub struct Tree {
     nodes: HashMap<Ino, Node>,
     dirs: HashMap<Ino, Dir>,
+    /// Kernel references per inode: lookups answered minus forgotten.
+    refs: HashMap<Ino, u64>,
+    /// Directories removed since `take_reaped` was last called.
+    reaped: Vec<Ino>,
     next_ino: Ino,
 }
 
@@ -130,7 +140,64 @@ impl Tree {
         Tree {
             nodes,
             dirs,
+            refs: HashMap::new(),
+            reaped: Vec::new(),
             next_ino: ROOT_INO + 1,
+        }
+    }
+
+    /// The kernel was given an entry for `ino` (lookup, create, mkdir).
+    pub fn looked_up(&mut self, ino: Ino) {
+        if self.nodes.contains_key(&ino) {
+            *self.refs.entry(ino).or_default() += 1;
+        }
+    }
+
+    /// The kernel dropped `n` of its references to `ino`.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        let Some(r) = self.refs.get_mut(&ino) else {
+            return;
+        };
+        *r = r.saturating_sub(n);
+        if *r == 0 {
+            self.refs.remove(&ino);
+            self.reap(ino);
+        }
+    }
+
+    /// Directories removed since the last call (for per-directory state
+    /// elsewhere).
+    pub fn take_reaped(&mut self) -> Vec<Ino> {
+        std::mem::take(&mut self.reaped)
+    }
+
+    /// Whether `n` is its parent's child under its own name.
+    fn attached(&self, n: &Node) -> bool {
+        n.ino == ROOT_INO
+            || self
+                .dirs
+                .get(&n.parent)
+                .and_then(|d| d.children.get(&n.leaf().to_lowercase()))
+                == Some(&n.ino)
+    }
+
+    /// Removes `ino` if neither a directory nor the kernel refers to it,
+    /// and with it the children of its listing that nothing else holds.
+    fn reap(&mut self, ino: Ino) {
+        let mut todo = vec![ino];
+        while let Some(ino) = todo.pop() {
+            if ino == ROOT_INO || self.refs.contains_key(&ino) {
+                continue;
+            }
+            match self.nodes.get(&ino) {
+                Some(n) if !self.attached(n) => {}
+                _ => continue,
+            }
+            self.nodes.remove(&ino);
+            if let Some(d) = self.dirs.remove(&ino) {
+                todo.extend(d.children.into_values());
+                self.reaped.push(ino);
+            }
         }
     }
 
@@ -223,9 +290,15 @@ impl Tree {
             };
             children.insert(key, ino);
         }
+        let mut dropped = Vec::new();
         for (key, ino) in old {
+            if children.get(&key) == Some(&ino) {
+                continue;
+            }
             if !children.contains_key(&key) && self.nodes.get(&ino).is_some_and(|n| n.local) {
                 children.insert(key, ino);
+            } else {
+                dropped.push(ino);
             }
         }
         self.dirs.insert(
@@ -235,6 +308,9 @@ impl Tree {
                 children,
             },
         );
+        for ino in dropped {
+            self.reap(ino);
+        }
     }
 
     /// Adds (or returns the existing) child without a full listing.
@@ -259,8 +335,12 @@ impl Tree {
     /// Removes a child from its parent's listing (the inode stays valid
     /// for open handles).
     pub fn remove_child(&mut self, parent: Ino, name: &str) {
-        if let Some(d) = self.dirs.get_mut(&parent) {
-            d.children.remove(&name.to_lowercase());
+        let removed = self
+            .dirs
+            .get_mut(&parent)
+            .and_then(|d| d.children.remove(&name.to_lowercase()));
+        if let Some(ino) = removed {
+            self.reap(ino);
         }
     }
 
@@ -338,6 +418,49 @@ mod tests {
         t.set_children(ROOT_INO, vec![spec("alice", ""), spec("ALICE", "")]);
         assert_eq!(t.child(ROOT_INO, "ALICE").unwrap().ino, alice);
         assert_eq!(t.children(ROOT_INO).len(), 1);
+    }
+
+    #[test]
+    fn dropped_nodes_live_until_the_kernel_forgets_them() {
+        let mut t = Tree::new(SystemTime::UNIX_EPOCH);
+        t.set_children(ROOT_INO, vec![spec("o", "")]);
+        let o = t.child(ROOT_INO, "o").unwrap().ino;
+        t.set_children(o, vec![spec("p", "")]);
+        let p = t.child(o, "p").unwrap().ino;
+        t.set_children(p, vec![spec("1.0", ""), spec("2.0", "")]);
+        let v1 = t.child(p, "1.0").unwrap().ino;
+        let v2 = t.child(p, "2.0").unwrap().ino;
+        t.set_children(v1, vec![spec("a", "aa"), spec("b", "bb")]);
+        let a = t.child(v1, "a").unwrap().ino;
+        let b = t.child(v1, "b").unwrap().ino;
+        t.looked_up(a);
+        t.looked_up(a);
+        let before = t.len();
+        // b was never given to the kernel: it goes with the listing.
+        t.set_children(v1, vec![spec("a", "aa")]);
+        assert!(t.get(b).is_none());
+        assert_eq!(t.len(), before - 1);
+        // a, replaced by other content, lives until both lookups are forgotten.
+        t.set_children(v1, vec![spec("a", "cc")]);
+        let a2 = t.child(v1, "a").unwrap().ino;
+        assert_ne!(a, a2);
+        assert!(t.get(a).is_some());
+        t.forget(a, 1);
+        assert!(t.get(a).is_some());
+        t.forget(a, 1);
+        assert!(t.get(a).is_none());
+        // Still listed: a forgotten node stays (it is the listing).
+        t.looked_up(a2);
+        t.forget(a2, 1);
+        assert!(t.get(a2).is_some());
+        // A removed directory takes its unreferenced children along.
+        t.looked_up(v1);
+        t.remove_child(p, "1.0");
+        assert!(t.get(v1).is_some());
+        t.forget(v1, 1);
+        assert!(t.get(v1).is_none() && t.get(a2).is_none());
+        assert!(t.get(v2).is_some());
+        assert_eq!(t.take_reaped(), vec![v1]);
     }
 
     #[test]

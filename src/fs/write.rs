@@ -788,7 +788,12 @@ impl Fs {
 
     fn version_lock(&self, node: &Node) -> Arc<tokio::sync::Mutex<()>> {
         let key = format!("{}\0{}\0{}", node.owner, node.name, node.version).to_lowercase();
-        lock(&self.version_locks).entry(key).or_default().clone()
+        let mut locks = lock(&self.version_locks);
+        // Locks nobody holds are only kept while there are few of them.
+        if locks.len() >= 256 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(key).or_default().clone()
     }
 
     /// After a 201: the file and its parents now exist on the registry.

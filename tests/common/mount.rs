@@ -183,6 +183,20 @@ impl Drop for Mount {
     }
 }
 
+/// Like `std::fs::write`, but reports the result of close(), where the
+/// upload happens (dropping a `File` ignores it).
+pub fn write_and_close(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(p)?;
+    f.write_all(bytes)?;
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    // SAFETY: `fd` was just taken from the File and is closed once.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Asserts that a `pkgfs mount` (or mount helper) run succeeded and that
 /// the mount serves `rel` with the bytes `want`.
 pub fn assert_mount_serves(out: &std::process::Output, mp: &Path, rel: &str, want: &[u8]) {
