@@ -15,7 +15,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{errno_name, Attr, Fs, FsError, FsResult, Invalidate, OpenDir, Opener};
+use crate::fs::{Attr, ErrorKind, Fs, FsError, FsResult, Invalidate, OpenDir, Opener};
 
 mod passthrough;
 use passthrough::Passthrough;
@@ -107,12 +107,12 @@ fn to_attr(a: &Attr) -> FileAttr {
 
 /// Logs the failure (ENOENT quietly) and converts it for the kernel.
 fn errno(op: &str, e: &FsError) -> Errno {
-    if e.errno == libc::ENOENT {
-        tracing::debug!(op, error = %e.message, "ENOENT");
+    if e.kind == ErrorKind::NotFound {
+        tracing::debug!(op, error = %e.text(), "ENOENT");
     } else {
-        tracing::warn!(op, errno = errno_name(e.errno), error = %e.message, "operation failed");
+        tracing::warn!(op, errno = e.kind.errno_name(), error = %e.text(), "operation failed");
     }
-    Errno::from_i32(e.errno)
+    Errno::from_i32(e.errno())
 }
 
 /// Replies with an entry, which the kernel holds until it forgets it.

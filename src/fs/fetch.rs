@@ -24,7 +24,7 @@ use futures_util::FutureExt;
 use rangemap::RangeSet;
 use tokio::sync::{watch, Notify};
 
-use super::error::{FsError, FsResult};
+use super::error::{err, ErrorKind, FsError, FsResult};
 use crate::cache::{Cache, Reservation};
 use crate::registry::{self, Client, FileRef};
 
@@ -214,14 +214,9 @@ impl Fetch {
                         .filter(|t| t.elapsed() < FAIL_FAST)
                         .map(|t| t.elapsed());
                     if let Some(ago) = recent {
-                        return Err(FsError::new(
-                            libc::EIO,
-                            format!(
-                                "{}: a read gave up waiting for bytes {} ms ago and they still have not arrived",
+                        return Err(err!(Io, "{}: a read gave up waiting for bytes {} ms ago and they still have not arrived",
                                 self.what(),
-                                ago.as_millis()
-                            ),
-                        ));
+                                ago.as_millis()));
                     }
                     if tokio::time::timeout_at(deadline, rx.changed())
                         .await
@@ -234,7 +229,7 @@ impl Fetch {
                         );
                         tracing::warn!("{msg}");
                         self.lock().timed_out = Some(Instant::now());
-                        return Err(FsError::new(libc::EIO, msg));
+                        return Err(FsError::new(ErrorKind::Io, msg));
                     }
                 }
             }
@@ -278,10 +273,7 @@ impl Fetch {
             });
             match attempt {
                 Ok(()) if (buf.len() as u64) < end - offset => {
-                    return Err(FsError::new(
-                        libc::EIO,
-                        format!("{}: body ended early", self.what()),
-                    ));
+                    return Err(err!(Io, "{}: body ended early", self.what()));
                 }
                 Ok(()) => {}
                 Err(e) if e.is_transient() && Instant::now() < deadline => {
@@ -298,7 +290,7 @@ impl Fetch {
     fn plan(&self, want: Range<u64>, err_gen: u64) -> FsResult<Step> {
         let mut st = self.lock();
         if let Verdict::Bad(msg) = &st.verdict {
-            return Err(FsError::new(libc::EIO, msg.clone()));
+            return Err(FsError::new(ErrorKind::Io, msg.clone()));
         }
         if st.bypass {
             return Ok(Step::Direct);

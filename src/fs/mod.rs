@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-pub use error::{errno_name, FsError, FsResult};
+use error::err;
+pub use error::{ErrorKind, FsError, FsResult};
 pub use tree::{Ino, Kind, ROOT_INO};
 
 use crate::cache::{Cache, Hit};
@@ -206,12 +207,10 @@ impl Fs {
         let limit = self.client.timeout() + SYSCALL_MARGIN;
         match tokio::time::timeout(limit, f).await {
             Ok(r) => r,
-            Err(_) => Err(FsError::new(
-                libc::EIO,
-                format!(
-                    "{op}: the registry did not answer completely within {} s",
-                    self.client.timeout().as_secs_f32()
-                ),
+            Err(_) => Err(err!(
+                Io,
+                "{op}: the registry did not answer completely within {} s",
+                self.client.timeout().as_secs_f32()
             )),
         }
     }
@@ -330,13 +329,13 @@ impl Fs {
     fn lookup_parent(&self, parent: Ino, name: &str) -> FsResult<Node> {
         if name.len() > crate::protocol::MAX_COMPONENT_LEN {
             return Err(FsError::new(
-                libc::ENAMETOOLONG,
+                ErrorKind::NameTooLong,
                 "name longer than 255 bytes",
             ));
         }
         let pnode = self.node(parent)?;
         if !pnode.kind.is_dir() {
-            return Err(FsError::new(libc::ENOTDIR, pnode.path()));
+            return Err(FsError::new(ErrorKind::NotADirectory, pnode.path()));
         }
         if !name_ok_for(pnode.kind, name) {
             return Err(FsError::not_found(format!(
@@ -640,7 +639,7 @@ impl Fs {
     fn dir_node(&self, ino: Ino) -> FsResult<Node> {
         let node = self.node(ino)?;
         if !node.kind.is_dir() {
-            return Err(FsError::new(libc::ENOTDIR, node.path()));
+            return Err(FsError::new(ErrorKind::NotADirectory, node.path()));
         }
         Ok(node)
     }
@@ -674,7 +673,7 @@ impl Fs {
     pub fn readdir(&self, fh: u64, ino: Ino, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
         let handle = self.handle(fh)?;
         let Handle::Dir(entries) = &*handle else {
-            return Err(FsError::new(libc::EBADF, "not a directory handle"));
+            return Err(FsError::new(ErrorKind::BadHandle, "not a directory handle"));
         };
         let parent = self.node(ino)?.parent;
         let dots = [
@@ -708,7 +707,7 @@ impl Fs {
         lock(&self.handles)
             .get(&fh)
             .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, format!("unknown handle {fh}")))
+            .ok_or_else(|| err!(BadHandle, "unknown handle {fh}"))
     }
 
     /// Closes a file or directory handle. The last handle of a file being
@@ -732,7 +731,7 @@ impl Fs {
     pub async fn open(&self, ino: Ino, write: bool, pid: u32) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.kind.is_dir() {
-            return Err(FsError::new(libc::EISDIR, node.path()));
+            return Err(FsError::new(ErrorKind::IsADirectory, node.path()));
         }
         if node.local {
             if let Some(w) = self.writer_of(ino) {
@@ -740,13 +739,13 @@ impl Fs {
             }
         }
         if write {
-            let errno = if self.config.read_only {
-                libc::EROFS
+            let kind = if self.config.read_only {
+                ErrorKind::ReadOnly
             } else {
-                libc::EEXIST
+                ErrorKind::Exists
             };
             return Err(FsError::new(
-                errno,
+                kind,
                 format!("{}: published files cannot be changed", node.path()),
             ));
         }
@@ -790,13 +789,8 @@ impl Fs {
         fresh
             .filter(|n| crate::cache::is_sha256(&n.sha256))
             .ok_or_else(|| {
-                FsError::new(
-                    libc::EIO,
-                    format!(
-                    "{}: the registry lists no valid size and sha256 for this file; it cannot be read safely",
-                    node.path()
-                ),
-                )
+                err!(Io, "{}: the registry lists no valid size and sha256 for this file; it cannot be read safely",
+                    node.path())
             })
     }
 
@@ -882,7 +876,7 @@ impl Fs {
         match &*self.handle(fh)? {
             Handle::Remote(fetch) => fetch.read(offset, size).await,
             Handle::Write(w, _) => w.read(offset, size),
-            _ => Err(FsError::new(libc::EBADF, "not a file handle")),
+            _ => Err(FsError::new(ErrorKind::BadHandle, "not a file handle")),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The write path: `mkdir` placeholders, files spooled to disk and
 //! published with one PUT when the application closes them, deletes, and
 //! the rename of scratch files (temp-file-then-rename as rsync and editors
-//! write). registry-api.md §9 rules 5–8 and 13.
+//! write). PROTOCOL.md §writes, §errno, §put-retry and §concurrency.
 //!
 //! Publication happens at the first `flush` after data was written, so
 //! `close()` returns only once the registry has answered. A flush before any
@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use super::error::{FsError, FsResult};
+use super::error::{err, ErrorKind, FsError, FsResult};
 use super::spool::{self, Spool, SpoolReader};
 use super::tree::{ChildSpec, Ino, Kind, Node};
 use super::upstream::Upstream;
@@ -57,7 +57,7 @@ pub(super) fn is_scratch(name: &str) -> bool {
 }
 
 fn erofs() -> FsError {
-    FsError::new(libc::EROFS, "mounted read-only")
+    FsError::new(ErrorKind::ReadOnly, "mounted read-only")
 }
 
 impl Writer {
@@ -96,26 +96,18 @@ impl Fs {
             Kind::Owner => validate::validate_package_name(name).is_ok(),
             Kind::Package => client_version_ok(name),
             Kind::Root => {
-                return Err(FsError::new(
-                    libc::EPERM,
-                    format!("{name}: owners are users or organisations of the registry; they cannot be created here"),
-                ))
+                return Err(err!(NotPermitted, "{name}: owners are users or organisations of the registry; they cannot be created here"))
             }
             Kind::Version | Kind::File => {
-                return Err(FsError::new(
-                    libc::EPERM,
-                    format!("{}/{name}: a version directory holds files only", pnode.path()),
-                ))
+                return Err(err!(NotPermitted, "{}/{name}: a version directory holds files only", pnode.path()))
             }
         };
         if !valid {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!(
-                    "{}/{name}: not a valid {} name",
-                    pnode.path(),
-                    kind_word(pnode.kind)
-                ),
+            return Err(err!(
+                Invalid,
+                "{}/{name}: not a valid {} name",
+                pnode.path(),
+                kind_word(pnode.kind)
             ));
         }
         if !pnode.local {
@@ -131,12 +123,7 @@ impl Fs {
                     let n = n.clone();
                     return Ok(self.attr_of(&n));
                 }
-                _ => {
-                    return Err(FsError::new(
-                        libc::EEXIST,
-                        format!("{}/{name}", pnode.path()),
-                    ))
-                }
+                _ => return Err(err!(Exists, "{}/{name}", pnode.path())),
             }
         }
         let spec = ChildSpec {
@@ -147,7 +134,7 @@ impl Fs {
         };
         let ino = tree
             .add_child(parent, spec, true)
-            .ok_or_else(|| FsError::new(libc::EIO, "cannot add directory"))?;
+            .ok_or_else(|| FsError::new(ErrorKind::Io, "cannot add directory"))?;
         let node = tree
             .get(ino)
             .cloned()
@@ -161,7 +148,7 @@ impl Fs {
         self.check_writable()?;
         let node = self.child_node(parent, name).await?;
         if !node.kind.is_dir() {
-            return Err(FsError::new(libc::ENOTDIR, node.path()));
+            return Err(FsError::new(ErrorKind::NotADirectory, node.path()));
         }
         if !node.local {
             // Listing is refreshed so that files deleted by `rm -r` are gone.
@@ -169,7 +156,7 @@ impl Fs {
             self.ensure_listing(&node).await?;
         }
         if !lock(&self.tree).children(node.ino).is_empty() {
-            return Err(FsError::new(libc::ENOTEMPTY, node.path()));
+            return Err(FsError::new(ErrorKind::NotEmpty, node.path()));
         }
         if node.kind == Kind::Version && !node.local {
             match self
@@ -222,25 +209,18 @@ impl Fs {
         self.check_writable()?;
         let pnode = self.node(parent)?;
         if pnode.kind != Kind::Version {
-            return Err(FsError::new(
-                libc::EPERM,
-                format!(
-                    "{}/{name}: files can only be created in a version directory (<owner>/<package>/<version>/)",
-                    pnode.path()
-                ),
-            ));
+            return Err(err!(NotPermitted, "{}/{name}: files can only be created in a version directory (<owner>/<package>/<version>/)",
+                    pnode.path()));
         }
         if !is_scratch(name) && validate::validate_filename(name).is_err() {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!(
-                    "{}/{name}: the registry refuses this filename",
-                    pnode.path()
-                ),
+            return Err(err!(
+                Invalid,
+                "{}/{name}: the registry refuses this filename",
+                pnode.path()
             ));
         }
         if name.len() > crate::protocol::MAX_COMPONENT_LEN {
-            return Err(FsError::new(libc::ENAMETOOLONG, name.to_string()));
+            return Err(FsError::new(ErrorKind::NameTooLong, name.to_string()));
         }
         if !pnode.local {
             self.ensure_listing(&pnode).await?;
@@ -254,12 +234,10 @@ impl Fs {
             let mut tree = lock(&self.tree);
             if let Some(existing) = tree.child(parent, name) {
                 let _ = std::fs::remove_file(&spool.path);
-                return Err(FsError::new(
-                    libc::EEXIST,
-                    format!(
-                        "{}: already published; published files cannot be replaced",
-                        existing.path()
-                    ),
+                return Err(err!(
+                    Exists,
+                    "{}: already published; published files cannot be replaced",
+                    existing.path()
                 ));
             }
             let spec = ChildSpec {
@@ -269,7 +247,7 @@ impl Fs {
                 sha256: String::new(),
             };
             tree.add_child(parent, spec, true)
-                .ok_or_else(|| FsError::new(libc::EIO, "cannot add file"))?
+                .ok_or_else(|| FsError::new(ErrorKind::Io, "cannot add file"))?
         };
         let writer = Arc::new(Writer {
             ino,
@@ -301,7 +279,7 @@ impl Fs {
     fn writer_and_opener(&self, fh: u64) -> FsResult<(Arc<Writer>, super::Opener)> {
         match &*self.handle(fh)? {
             Handle::Write(w, opener) => Ok((Arc::clone(w), *opener)),
-            _ => Err(FsError::new(libc::EBADF, "not open for writing")),
+            _ => Err(FsError::new(ErrorKind::BadHandle, "not open for writing")),
         }
     }
 
@@ -318,7 +296,7 @@ impl Fs {
         let mut st = lock(&w.state);
         if !matches!(st.phase, Phase::Open) || st.sealed {
             return Err(FsError::new(
-                libc::EPERM,
+                ErrorKind::NotPermitted,
                 "the file is already published (or being published, or failed to publish); published files cannot change",
             ));
         }
@@ -376,7 +354,7 @@ impl Fs {
 
     /// What a streamed upload of `w` needs, if it may stream: a publishable
     /// name, streaming enabled, and for the first file of a new version its
-    /// lock (§9 rule 13; when another upload holds it, this one waits for
+    /// lock (PROTOCOL.md §concurrency; when another upload holds it, this one waits for
     /// `close()` instead).
     fn upstream_parts(
         &self,
@@ -414,17 +392,19 @@ impl Fs {
             if node.size == size && !node.kind.is_dir() {
                 return self.getattr(ino);
             }
-            return Err(FsError::new(
-                libc::EPERM,
-                format!("{}: published files cannot change", node.path()),
+            return Err(err!(
+                NotPermitted,
+                "{}: published files cannot change",
+                node.path()
             ));
         };
         {
             let mut st = lock(&w.state);
             if st.sealed {
-                return Err(FsError::new(
-                    libc::EPERM,
-                    format!("{}: the file is being published", node.path()),
+                return Err(err!(
+                    NotPermitted,
+                    "{}: the file is being published",
+                    node.path()
                 ));
             }
             w.spool
@@ -492,7 +472,8 @@ impl Fs {
         }
     }
 
-    /// Uploads the spool under the file's current name (§9 rules 5, 6, 13).
+    /// Uploads the spool under the file's current name (PROTOCOL.md §writes,
+    /// §errno, §put-retry).
     /// On failure the name is dropped from the kernel's cache too when
     /// `forget` is set (only from close paths, which hold no directory lock).
     async fn publish(&self, w: &Arc<Writer>, forget: bool) -> FsResult<()> {
@@ -574,24 +555,14 @@ impl Fs {
             Some(f) if f.size == Some(sent.len) && f.sha256.as_deref() == Some(&sent.sha256) => {
                 Ok(sent.sha256.clone())
             }
-            Some(f) => Err(FsError::new(
-                libc::EIO,
-                format!(
-                    "{}: the registry answered 201 but lists the file with size {:?} and sha256 {:?}, not the {} bytes with sha256 {} that were sent; not counted as published",
+            Some(f) => Err(err!(Io, "{}: the registry answered 201 but lists the file with size {:?} and sha256 {:?}, not the {} bytes with sha256 {} that were sent; not counted as published",
                     node.path(),
                     f.size,
                     f.sha256,
                     sent.len,
-                    sent.sha256
-                ),
-            )),
-            None => Err(FsError::new(
-                libc::EIO,
-                format!(
-                    "{}: the registry answered 201 but does not list the file; not counted as published",
-                    node.path()
-                ),
-            )),
+                    sent.sha256)),
+            None => Err(err!(Io, "{}: the registry answered 201 but does not list the file; not counted as published",
+                    node.path())),
         }
     }
 
@@ -629,7 +600,8 @@ impl Fs {
         if let Err(e) = registry::validate_ref(fref) {
             return Err(e.into()); // EINVAL, nothing sent
         }
-        // The first file of a new version: one PUT at a time (§9 rule 13).
+        // The first file of a new version: one PUT at a time (PROTOCOL.md
+        // §concurrency).
         // A streamed PUT holds the lock itself until it ends.
         let version_local = lock(&self.tree).get(node.parent).is_some_and(|v| v.local);
         let vlock = version_local.then(|| self.version_lock(node));
@@ -675,23 +647,18 @@ impl Fs {
             match err {
                 registry::Error::BadRequest(msg) => {
                     // Local validation passed: most likely the 1.17-style
-                    // "package version already exists" (§9 rule 6).
+                    // "package version already exists" (PROTOCOL.md §errno).
                     return match self
                         .client
                         .list_files(&fref.owner, &fref.name, &fref.version)
                         .await
                     {
-                        Ok(files) if !files.is_empty() => Err(FsError::new(
-                            libc::EEXIST,
-                            format!(
-                                "{}: the registry refused it as a duplicate: {msg}",
-                                node.path()
-                            ),
+                        Ok(files) if !files.is_empty() => Err(err!(
+                            Exists,
+                            "{}: the registry refused it as a duplicate: {msg}",
+                            node.path()
                         )),
-                        _ => Err(FsError::new(
-                            libc::EINVAL,
-                            format!("{}: {msg}", node.path()),
-                        )),
+                        _ => Err(err!(Invalid, "{}: {msg}", node.path())),
                     };
                 }
                 e @ (registry::Error::Network(_)
@@ -714,7 +681,7 @@ impl Fs {
                             retried = true;
                         }
                         Ok(None) => return Err(e.into()),
-                        Err(check) if check.errno == libc::EEXIST => return Err(check),
+                        Err(check) if check.kind == ErrorKind::Exists => return Err(check),
                         Err(check) => {
                             tracing::warn!(path = %node.path(), error = %check, "cannot check whether the failed upload arrived");
                             return Err(e.into());
@@ -757,14 +724,15 @@ impl Fs {
                 .map_err(|e| FsError::io(e, "spool"))?;
             tokio::task::spawn_blocking(move || crate::cache::sha256_file(&f))
                 .await
-                .map_err(|e| FsError::new(libc::EIO, e.to_string()))?
+                .map_err(|e| FsError::new(ErrorKind::Io, e.to_string()))?
                 .map_err(|e| FsError::io(e, "hash spool"))?
         };
         match self.listed_file(fref).await? {
             Some(f) if f.sha256.as_deref() == Some(local.as_str()) => Ok(Some(local)),
-            Some(_) => Err(FsError::new(
-                libc::EEXIST,
-                format!("{}: another upload published this name", node.path()),
+            Some(_) => Err(err!(
+                Exists,
+                "{}: another upload published this name",
+                node.path()
             )),
             None => Ok(None),
         }
@@ -822,7 +790,7 @@ impl Fs {
         self.check_writable()?;
         let node = self.child_node(parent, name).await?;
         if node.kind.is_dir() {
-            return Err(FsError::new(libc::EISDIR, node.path()));
+            return Err(FsError::new(ErrorKind::IsADirectory, node.path()));
         }
         if node.local {
             if let Some(w) = lock(&self.writers).remove(&node.ino) {
@@ -878,24 +846,23 @@ impl Fs {
         self.check_writable()?;
         let node = self.child_node(parent, name).await?;
         if node.kind.is_dir() || !node.local {
-            return Err(FsError::new(
-                libc::EPERM,
-                format!(
-                    "{}: the registry cannot rename published files or directories",
-                    node.path()
-                ),
+            return Err(err!(
+                NotPermitted,
+                "{}: the registry cannot rename published files or directories",
+                node.path()
             ));
         }
         if newparent != parent {
-            return Err(FsError::new(
-                libc::EXDEV,
-                format!("{}: rename only within its version directory", node.path()),
+            return Err(err!(
+                CrossDirectory,
+                "{}: rename only within its version directory",
+                node.path()
             ));
         }
         if !is_scratch(newname) && validate::validate_filename(newname).is_err() {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!("{newname}: the registry refuses this filename"),
+            return Err(err!(
+                Invalid,
+                "{newname}: the registry refuses this filename"
             ));
         }
         let w = self
@@ -906,12 +873,10 @@ impl Fs {
             if let Some(target) = tree.child(parent, newname).cloned() {
                 if target.ino != node.ino {
                     if !target.local {
-                        return Err(FsError::new(
-                            libc::EEXIST,
-                            format!(
-                                "{}: already published; published files cannot be replaced",
-                                target.path()
-                            ),
+                        return Err(err!(
+                            Exists,
+                            "{}: already published; published files cannot be replaced",
+                            target.path()
                         ));
                     }
                     // Replacing another local file, as rename(2) does.
