@@ -1,4 +1,4 @@
-//! Bad input (issue 5): random names — unicode, control characters, `..`,
+//! Bad input: random names — unicode, control characters, `..`,
 //! percent-encodings, spaces, names longer than 255 bytes — through
 //! lookup (`stat`), create (`File::create`) and `mkdir` at every level of a
 //! real mount. Only clean errors come back, the daemon stays up, and no

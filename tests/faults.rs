@@ -1,4 +1,4 @@
-//! Fault injection through a real mount (issue 5): the registry killed and
+//! Fault injection through a real mount: the registry killed and
 //! restarted mid-read, dropped connections and 500s, a soak with 1% of
 //! requests failing, the registry killed during an upload, a full cache
 //! filesystem, and the daemon killed with SIGKILL. Every wait is a poll
@@ -201,7 +201,7 @@ fn dropped_connections_and_500s_resume_with_range() {
 /// connections belong to the runtime that made them). A fault is armed
 /// only when the previous one has fired: faults armed together hit the
 /// next requests together, e.g. a failed PUT and the one retry the listing
-/// check allows (registry-api.md §9 rule 13), and two faults in one upload
+/// check allows (PROTOCOL.md §put-retry), and two faults in one upload
 /// are an EIO by design, not the independent 1 % this soak is about.
 fn fault_injector(base: String, stop: Arc<AtomicBool>, every: u64) -> u64 {
     let http = reqwest::Client::new();

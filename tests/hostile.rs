@@ -1,4 +1,4 @@
-//! Hostile input (issue 11): a real mount behind a proxy that misbehaves
+//! Hostile input: a real mount behind a proxy that misbehaves
 //! (`tests/common/hostile.rs`) in front of `pkgfs serve`. Each test is one
 //! way a registry, a proxy or the disk under the cache can lie, and asserts
 //! that pkgfs keeps its promises: `close()` returning 0 means the registry

@@ -1,4 +1,4 @@
-//! Memory under steady load (issue 11, item 14): a daemon that runs for
+//! Memory under steady load: a daemon that runs for
 //! weeks must not grow with the number of operations. Readers verify random
 //! files of a fixed set (the cache is smaller than the set, so eviction runs
 //! all the time) while uploaders publish new files; the daemon's RSS,

@@ -1,4 +1,4 @@
-//! End-to-end tests of the read path (issue 3): a real `pkgfs serve`, a
+//! End-to-end tests of the read path: a real `pkgfs serve`, a
 //! real FUSE mount of the real binary, real syscalls and tools.
 
 mod common;

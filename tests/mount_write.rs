@@ -1,4 +1,4 @@
-//! End-to-end tests of the write path (issue 4): publishing with real
+//! End-to-end tests of the write path: publishing with real
 //! tools through a real mount, EEXIST/EINVAL/EIO/EROFS, deletes.
 
 mod common;
@@ -885,7 +885,7 @@ fn proxy_body_limit_is_efbig_and_concurrent_first_uploads_all_land() {
     );
 
     // Eight files copied at once into one new version (serialised first
-    // upload, §9 rule 13): all of them are published.
+    // upload, PROTOCOL.md §concurrency): all of them are published.
     std::fs::create_dir_all(m.path("alice/lim/2.0")).unwrap();
     server.reset_now();
     let threads: Vec<_> = (0..8)

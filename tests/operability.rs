@@ -1,4 +1,4 @@
-//! Operability (issue 5): `mount.pkgfs URL MOUNTPOINT -o opts` through a
+//! Operability: `mount.pkgfs URL MOUNTPOINT -o opts` through a
 //! symlink, as mount(8) and /etc/fstab call it, and the exit codes
 //! (0 ok, 1 mount failed, 2 usage).
 

@@ -1,4 +1,4 @@
-//! Security (issue 5): the token never appears in logs, cache and spool
+//! Security: the token never appears in logs, cache and spool
 //! files are private, warnings for a readable token file and `--insecure`,
 //! the mount is private unless `--allow-other`, and no `Authorization`
 //! crosses hosts on a redirect.

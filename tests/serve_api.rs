@@ -1,5 +1,6 @@
 //! `pkgfs serve` at the HTTP level: the registry protocol of
-//! registry-api.md §2 and §4 (uploads, downloads, deletes, routing).
+//! PROTOCOL.md §names, §endpoints, §upload, §download and §delete (uploads,
+//! downloads, deletes, routing).
 
 mod common;
 

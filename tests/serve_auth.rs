@@ -1,6 +1,6 @@
 //! `pkgfs serve` authentication and access rules: every row of the tables
-//! of registry-api.md §3.1–§3.4, on a config with users of each
-//! visibility, scoped tokens and organisations.
+//! of PROTOCOL.md §auth, §access, §status-packages and §status-v1, on a
+//! config with users of each visibility, scoped tokens and organisations.
 
 mod common;
 
@@ -221,7 +221,7 @@ async fn access_rules_on_the_packages_tree() {
         (Token("alice-pub"), Method::GET, "privco", FORBIDDEN),
         (Token("alice-pub"), Method::GET, "limco", FORBIDDEN),
         (Token("alice-pub"), Method::PUT, "privco", FORBIDDEN),
-        // An inactive or login-prohibited doer gets none (§3.2), even on
+        // An inactive or login-prohibited doer gets none (PROTOCOL.md §access), even on
         // its own namespace and on public owners.
         (Token("idle-all"), Method::GET, "alice", UNAUTH),
         (Token("idle-all"), Method::PUT, "idle", UNAUTH),
@@ -250,8 +250,9 @@ async fn access_rules_on_the_packages_tree() {
     }
 }
 
-/// DELETE of a whole version (§4.5) under the rules of §3.3: Write access,
-/// 401 with `WWW-Authenticate` for missing rights or scope, 403 for a
+/// DELETE of a whole version (PROTOCOL.md §delete) under the rules of
+/// §status-packages: Write access, 401 with `WWW-Authenticate` for missing
+/// rights or scope, 403 for a
 /// public-only token on an owner that is not public, 404 for an unknown
 /// owner or version.
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! `pkgfs serve` `/api/v1`: listing, pagination, files, deletes and the
-//! JSON shapes of registry-api.md §5–§6.
+//! JSON shapes of PROTOCOL.md §listings, §pagination and §json.
 
 mod common;
 
@@ -257,7 +257,7 @@ async fn old_size_key_and_missing_versions_endpoint() {
             .0,
         StatusCode::NOT_FOUND
     );
-    // The emulation of §5.2 still works.
+    // The fallback of PROTOCOL.md §listings (owner listing with `q=`) still works.
     let (_, _, v) = get(&s, "api/v1/packages/alice?type=generic&q=tool").await;
     assert_eq!(v[0]["version"], "1");
 }
@@ -346,7 +346,7 @@ async fn public_url_is_used_for_absolute_urls() {
 }
 
 /// `latest` is the most recently created version (highest id), not the
-/// highest in SemVer order (§5.3); listings are newest first.
+/// highest in SemVer order (PROTOCOL.md §listings); listings are newest first.
 #[tokio::test]
 async fn latest_is_the_newest_upload_not_the_highest_version() {
     let s = TestServer::start(&[]);

@@ -175,7 +175,7 @@ impl std::error::Error for FsError {
     }
 }
 
-/// registry-api.md §9 rule 6, and the read-path rules of issue 3.
+/// PROTOCOL.md §errno, for the write path and the read path alike.
 impl From<registry::Error> for FsError {
     fn from(e: registry::Error) -> FsError {
         use registry::Error as E;

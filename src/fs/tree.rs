@@ -1,6 +1,6 @@
 //! The inode table: which inode is which owner, package, version or file,
 //! and each directory's children with the time they were listed. Names are
-//! case-insensitive (registry-api.md §9 rule 4): children are keyed by the
+//! case-insensitive (PROTOCOL.md §names): children are keyed by the
 //! lower-cased name and show the stored spelling. Pure data, no I/O.
 
 use std::collections::{BTreeMap, HashMap};

@@ -41,7 +41,7 @@ pub(super) struct Upstream {
 impl Upstream {
     /// Starts the PUT of `fref` from `spool`, of which `avail` bytes are
     /// written. `hold` is kept until the request ends (the version lock of
-    /// a first upload, registry-api.md §9 rule 13).
+    /// a first upload, PROTOCOL.md §concurrency).
     pub fn start<H: Send + 'static>(
         rt: &tokio::runtime::Handle,
         client: Client,

@@ -1,7 +1,8 @@
 //! The wire format shared by the registry client (`crate::registry`) and the
 //! test registry (`crate::server`): JSON types, the validation rules for names,
 //! versions and filenames, and the URL paths. One source of truth, so client
-//! and server cannot drift apart. See `shared/registry-api.md` §2, §4–§6.
+//! and server cannot drift apart. The protocol facts and the rules both sides
+//! follow are in `src/protocol/PROTOCOL.md`, cited as `PROTOCOL.md §name`.
 
 pub mod paths;
 pub mod types;

@@ -1,4 +1,4 @@
-//! JSON bodies of `/api/v1` (registry-api.md §6). Field names are exact.
+//! JSON bodies of `/api/v1` (PROTOCOL.md §json). Field names are exact.
 //! Deserialisation is lenient (unknown fields ignored, most fields
 //! defaulted) so that the client reads Gitea and Forgejo of any version;
 //! serialisation is what `pkgfs serve` sends.
@@ -52,7 +52,7 @@ pub struct Organization {
     pub repo_admin_change_team_access: bool,
 }
 
-/// One package *version* (`id` is the version id), §6.1.
+/// One package *version* (`id` is the version id), PROTOCOL.md §json.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Package {
@@ -69,7 +69,7 @@ pub struct Package {
     pub created_at: String,
 }
 
-/// One file of a version, §6.2. Reads `size` (Gitea ≥ 1.24) and `Size`
+/// One file of a version (PROTOCOL.md §json). Reads `size` (Gitea ≥ 1.24) and `Size`
 /// (older Gitea, Forgejo); serialises as `size` (the server rewrites the key
 /// in its `--size-key Size` mode). `size` is `None` when the listing has
 /// none: the client must not take that for an empty file.

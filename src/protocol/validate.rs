@@ -1,5 +1,5 @@
-//! The validation rules Gitea (≥ 1.22) applies on PUT, registry-api.md §2,
-//! plus the client's own limits (§9 rule 2): no `/`, at most 255 bytes.
+//! The validation rules Gitea (≥ 1.22) applies on PUT, PROTOCOL.md §names,
+//! plus the client's own limits (same section): no `/`, at most 255 bytes.
 //! The server uses the Gitea rules; the filesystem uses them too so that an
 //! invalid name fails locally with EINVAL and no request is ever sent.
 
@@ -48,8 +48,8 @@ pub fn validate_version(version: &str) -> Result<(), Invalid> {
 
 /// The client's stricter rule for a version it creates or shows: the Gitea
 /// rule plus no `/`, no control character (the URL library would drop tabs
-/// and newlines), not `.`/`..`, and at most 255 bytes (§2 "Slashes", §9
-/// rule 2).
+/// and newlines), not `.`/`..`, and at most 255 bytes (PROTOCOL.md
+/// §names).
 pub fn client_version_ok(version: &str) -> bool {
     validate_version(version).is_ok()
         && !version.contains('/')

@@ -1,5 +1,5 @@
 //! The one table that turns HTTP outcomes into typed registry errors
-//! (registry-api.md §3.3, §4, §9 rule 6). The filesystem maps these to errno
+//! (PROTOCOL.md §status-packages, §upload, §errno). The filesystem maps these to errno
 //! values in `fs::error`; nothing else looks at status codes.
 
 use reqwest::StatusCode;
@@ -61,7 +61,7 @@ pub enum Error {
     Io(String),
 }
 
-/// Gitea's three quota texts for 403 on PUT (§4.1).
+/// Gitea's three quota texts for 403 on PUT (PROTOCOL.md §quotas).
 const QUOTA_MARKERS: [&str; 3] = [
     "maximum allowed package type size exceeded",
     "maximum allowed package storage quota exceeded",

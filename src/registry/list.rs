@@ -1,4 +1,4 @@
-//! Listings through `/api/v1` (registry-api.md §5, §9 rule 11): owners,
+//! Listings through `/api/v1` (PROTOCOL.md §listings, §pagination): owners,
 //! packages, versions and files, following every page. Once the first page
 //! has told `X-Total-Count`, the remaining pages are fetched concurrently.
 

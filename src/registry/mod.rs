@@ -66,7 +66,8 @@ impl Client {
             headers.insert(AUTHORIZATION, value);
         }
         // reqwest's default redirect policy follows up to 10 hops, keeps
-        // Range, and drops Authorization when host or port change (§7).
+        // Range, and drops Authorization when host or port change
+        // (PROTOCOL.md §direct).
         let builder = || {
             reqwest::Client::builder()
                 .default_headers(headers.clone())

@@ -1,5 +1,5 @@
-//! File transfers on `/api/packages/{owner}/generic/...` (registry-api.md
-//! §4): ranged, streamed downloads that follow SERVE_DIRECT redirects,
+//! File transfers on `/api/packages/{owner}/generic/...` (PROTOCOL.md
+//! §download, §upload, §delete): ranged, streamed downloads that follow SERVE_DIRECT redirects,
 //! uploads streamed from disk (whole, or chunked while being written), and
 //! deletes.
 
@@ -128,8 +128,8 @@ impl Client {
 
     /// Uploads a body of `len` bytes (a spool read from disk) with one PUT
     /// and `Content-Length`. Names are validated locally first: an invalid
-    /// one sends nothing. Never retried here: the caller decides (§9 rule
-    /// 5, no blind retry).
+    /// one sends nothing. Never retried here: the caller decides
+    /// (PROTOCOL.md §put-retry, no blind retry).
     pub async fn upload<S>(&self, f: &FileRef, len: u64, body: S) -> Result<Sent>
     where
         S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
@@ -139,7 +139,7 @@ impl Client {
     }
 
     /// Uploads a body that is still being produced, with one chunked PUT
-    /// (no `Content-Length`; registry-api.md §4 accepts both). The stream
+    /// (no `Content-Length`; PROTOCOL.md §upload accepts both). The stream
     /// ends the body with `None`; an `Err` item aborts the request mid-body,
     /// so the registry stores nothing. Never retried here.
     pub async fn upload_stream<S>(&self, f: &FileRef, body: S) -> Result<Sent>
@@ -356,7 +356,7 @@ impl Progress {
     }
 }
 
-/// Local validation before any PUT (§9 rule 2).
+/// Local validation before any PUT (PROTOCOL.md §names).
 pub fn validate_ref(f: &FileRef) -> Result<()> {
     let too_long = [&f.owner, &f.name, &f.version, &f.file]
         .iter()

@@ -1,6 +1,6 @@
-//! Who is asking (registry-api.md §3.1) and what they may do with an owner
-//! (§3.2). The status codes these decisions turn into differ between the
-//! two API trees, so the route modules map them (§3.3, §3.4).
+//! Who is asking (PROTOCOL.md §auth) and what they may do with an owner
+//! (§access). The status codes these decisions turn into differ between the
+//! two API trees, so the route modules map them (§status-packages, §status-v1).
 
 use base64::Engine;
 use http::HeaderMap;
@@ -136,7 +136,7 @@ pub fn can_see(doer: Option<Doer<'_>>, owner: Owner<'_>) -> bool {
     }
 }
 
-/// Access level of `doer` on `owner`'s packages (§3.2).
+/// Access level of `doer` on `owner`'s packages (PROTOCOL.md §access).
 pub fn access(doer: Option<Doer<'_>>, owner: Owner<'_>) -> Access {
     let Some(d) = doer else {
         return if owner.visibility() == Visibility::Public {

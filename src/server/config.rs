@@ -2,7 +2,7 @@
 //! tokens) and organisations (with members), read from the `--config` TOML
 //! file or made up as a single default user. Gitea keeps these in its
 //! database; `pkgfs serve` takes them from configuration so tests can set up
-//! any access situation of registry-api.md §3 declaratively.
+//! any access situation of PROTOCOL.md §auth and §access declaratively.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-/// Visibility of a user or organisation (§3.2).
+/// Visibility of a user or organisation (PROTOCOL.md §access).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
@@ -120,7 +120,8 @@ pub struct Account {
     pub visibility: Visibility,
     pub admin: bool,
     /// Active and not prohibited from signing in: otherwise the account
-    /// gets no access anywhere (§3.2), though its credentials are valid.
+    /// gets no access anywhere (PROTOCOL.md §access), though its credentials
+    /// are valid.
     pub may_sign_in: bool,
 }
 

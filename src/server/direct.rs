@@ -1,4 +1,4 @@
-//! `--serve-direct`: Gitea's SERVE_DIRECT mode (registry-api.md §7). A file
+//! `--serve-direct`: Gitea's SERVE_DIRECT mode (PROTOCOL.md §direct). A file
 //! GET/HEAD answers 303 to a presigned URL on a second loopback listener,
 //! which plays the object store: the URL carries an HMAC-SHA256 signature
 //! (random per-process key) over method, blob, expiry (5 minutes), upload

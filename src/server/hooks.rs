@@ -109,7 +109,8 @@ pub struct Hooks {
     /// and Transfer-Encoding (null when absent).
     last_put: Mutex<serde_json::Value>,
     /// File PUTs in flight per version, and the versions that have taken
-    /// a file since start: to count overlapping first uploads (§9 rule 13).
+    /// a file since start: to count overlapping first uploads (PROTOCOL.md
+    /// §concurrency).
     versions: Mutex<VersionPuts>,
 }
 

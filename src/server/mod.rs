@@ -1,5 +1,5 @@
 //! `pkgfs serve`: a Gitea-compatible generic package registry, the test bed
-//! of every end-to-end test and the README demo (registry-api.md §10).
+//! of every end-to-end test and the README demo (PROTOCOL.md §serve-profile).
 //!
 //! This module holds the command-line options and the start-up sequence;
 //! the work is split into small modules: [`config`] (who exists),
@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-/// Spelling of the file size key in `/api/v1/.../files` (§6.2).
+/// Spelling of the file size key in `/api/v1/.../files` (PROTOCOL.md §json).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SizeKey {
     /// `size` (Gitea ≥ 1.24).
@@ -160,7 +160,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     s.trim().parse::<ByteSize>().map(|b| b.as_u64())
 }
 
-/// Behaviour switches derived from the flags (registry-api.md §10).
+/// Behaviour switches derived from the flags (PROTOCOL.md §serve-profile).
 #[derive(Debug, Clone)]
 pub(crate) struct Profile {
     pub legacy_duplicates: bool,

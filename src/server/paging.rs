@@ -1,4 +1,4 @@
-//! `/api/v1` pagination exactly as Gitea does it (registry-api.md §5):
+//! `/api/v1` pagination exactly as Gitea does it (PROTOCOL.md §pagination):
 //! `page`/`limit` clamping, `X-Total-Count`, and the `Link` header built by
 //! Gitea's paginator (`next`, `last`, `first`, `prev`, each only when
 //! meaningful, absolute URLs from APP_URL, query re-encoded sorted).

@@ -1,7 +1,8 @@
 //! The registry protocol proper: `/api/packages/{owner}/generic/{name}/
-//! {version}[/{file}]` (registry-api.md §4), with the check order of §4.1
-//! and the status codes of §3.3 (401 with `WWW-Authenticate`, never 403 for
-//! missing rights, except a public-only token).
+//! {version}[/{file}]` (PROTOCOL.md §endpoints), with the check order of
+//! §upload and the status codes of §status-packages (401 with
+//! `WWW-Authenticate`, never 403 for missing rights, except a public-only
+//! token).
 
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -162,7 +163,8 @@ async fn put(
     }
 }
 
-/// The headers Gitea sets on a download before `http.ServeContent` (§4.2).
+/// The headers Gitea sets on a download before `http.ServeContent`
+/// (PROTOCOL.md §download).
 pub fn download_headers(filename: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     let pairs = [

@@ -1,7 +1,7 @@
 //! `/api/v1`: listing and management of packages, and the user and
 //! organisation lookups a client needs to fill its root directory
-//! (registry-api.md §5, JSON of §6, statuses of §3.4: 401 without a token,
-//! 403 without rights or scope, JSON error bodies).
+//! (PROTOCOL.md §listings and §owners, JSON of §json, statuses of §status-v1:
+//! 401 without a token, 403 without rights or scope, JSON error bodies).
 
 use axum::body::Body;
 use http::{Method, Request, Response, StatusCode};

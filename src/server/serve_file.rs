@@ -1,5 +1,5 @@
 //! Serving a blob the way Go's `http.ServeContent` does, because that is
-//! what Gitea answers downloads with (registry-api.md §4.2): conditional
+//! what Gitea answers downloads with (PROTOCOL.md §download): conditional
 //! requests without ETag (`If-Match`, `If-Unmodified-Since`,
 //! `If-None-Match`, `If-Modified-Since`, `If-Range` by date), single ranges
 //! (206), multi-ranges (`multipart/byteranges`), 416 with

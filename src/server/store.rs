@@ -1,6 +1,6 @@
 //! Persistent state: metadata in SQLite (`DATA/pkgfs.db`, WAL) and file
 //! contents as content-addressed blobs (`DATA/blobs/ab/cdef…` for SHA-256
-//! `abcdef…`), the model of registry-api.md §1.
+//! `abcdef…`), the model of PROTOCOL.md §model.
 //!
 //! Crash safety: an upload is streamed to `DATA/tmp/` first; the blob is
 //! renamed into place and its rows committed while the one database lock is
@@ -318,7 +318,7 @@ impl Store {
         Ok(())
     }
 
-    /// Stores an uploaded file: the order of checks of registry-api.md §4.1
+    /// Stores an uploaded file: the order of checks of PROTOCOL.md §upload
     /// after the body is read (version created → count quota → size quotas
     /// → blob → file row), all in one transaction.
     pub fn put_file(

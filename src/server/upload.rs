@@ -2,7 +2,8 @@
 //! while MD5, SHA-1, SHA-256 and SHA-512 are computed, so memory stays flat
 //! whatever the size. The temp file deletes itself unless the store renames
 //! it into place. A `multipart/form-data` body is accepted and its first
-//! file part used, as Gitea does (§2); a form-encoded body is refused.
+//! file part used, as Gitea does (PROTOCOL.md §upload); a form-encoded body
+//! is refused.
 
 use std::io::Write;
 use std::path::Path;
