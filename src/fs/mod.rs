@@ -735,6 +735,7 @@ impl Fs {
         }
         if node.local {
             if let Some(w) = self.writer_of(ino) {
+                w.opened();
                 return Ok(self.add_handle(Handle::Write(w, Opener::of(pid))));
             }
         }
@@ -910,7 +911,7 @@ fn pread(file: &std::fs::File, offset: u64, size: u32) -> FsResult<Vec<u8>> {
     Ok(buf)
 }
 
-/// Versions that can be shown: never one containing `/` (§2 "Slashes").
+/// Versions that can be shown: never one containing `/` (PROTOCOL.md §names).
 fn version_specs(versions: &[Package]) -> Vec<ChildSpec> {
     versions
         .iter()

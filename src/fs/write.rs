@@ -11,6 +11,7 @@
 //! starting with `.` are local scratch files until renamed to a publishable
 //! name.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -29,26 +30,70 @@ pub(super) struct Writer {
     state: Mutex<WriterState>,
     /// One publication at a time.
     publishing: tokio::sync::Mutex<()>,
+    /// Open handles (descriptors) on this file: the last release of one
+    /// publishes a file that no close did.
+    handles: AtomicUsize,
 }
 
 struct WriterState {
     size: u64,
-    /// Data was written since the writer was created.
-    wrote: bool,
-    /// The first write was seen: a streamed upload starts then or never.
-    stream_decided: bool,
-    /// The streamed PUT of a file written sequentially so far.
-    upstream: Option<Upstream>,
-    /// Publication began: the content is final, writes are refused.
-    sealed: bool,
     phase: Phase,
 }
 
-#[derive(Clone)]
+/// Where a file being written is:
+/// `Open(NoData)` → `Open(Streaming | AtClose)` → `Publishing` →
+/// `Published` | `Failed`. Writes are taken only while `Open`.
 enum Phase {
-    Open,
+    Open(Upload),
+    /// `publish` sealed the content and is uploading it; writes are refused.
+    Publishing,
     Published,
-    Failed(FsError),
+    /// It will never be published: a write failed, the upload failed, or
+    /// the file was deleted or replaced. `had_data`: something had been
+    /// written, so a close reports the failure (a file closed without data
+    /// reports it only at fsync or release).
+    Failed {
+        error: FsError,
+        had_data: bool,
+    },
+}
+
+/// How the data of an open file reaches the registry.
+enum Upload {
+    /// Nothing written yet: a first write at offset 0 may start streaming.
+    NoData,
+    /// Streamed while written: a chunked PUT that `close()` ends.
+    Streaming(Upstream),
+    /// One PUT of the whole spool at `close()` (a write elsewhere than the
+    /// end, a truncate, or streaming off or impossible).
+    AtClose,
+}
+
+impl WriterState {
+    /// Data was written (the file is to be published at close).
+    fn had_data(&self) -> bool {
+        match &self.phase {
+            Phase::Open(Upload::NoData) => false,
+            Phase::Failed { had_data, .. } => *had_data,
+            _ => true,
+        }
+    }
+
+    /// Gives up on the file: any streamed PUT is dropped (aborted mid-body,
+    /// so the registry stores nothing of it).
+    fn fail(&mut self, error: FsError) {
+        let had_data = self.had_data();
+        self.phase = Phase::Failed { error, had_data };
+    }
+
+    /// Drops a streamed PUT in progress: the file goes up at close instead.
+    fn stop_streaming(&mut self) -> bool {
+        if matches!(self.phase, Phase::Open(Upload::Streaming(_))) {
+            self.phase = Phase::Open(Upload::AtClose);
+            return true;
+        }
+        false
+    }
 }
 
 /// Local scratch files: never uploaded under this name.
@@ -72,9 +117,17 @@ impl Writer {
     /// The file will never be published (deleted, replaced, write failed):
     /// a streamed upload in progress is aborted.
     fn abandon(&self, reason: FsError) {
-        let mut st = lock(&self.state);
-        st.phase = Phase::Failed(reason);
-        st.upstream = None;
+        lock(&self.state).fail(reason);
+    }
+
+    /// A new handle on the file.
+    pub(super) fn opened(&self) {
+        self.handles.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A handle was released; whether it was the last.
+    pub(super) fn released(&self) -> bool {
+        self.handles.fetch_sub(1, Ordering::SeqCst) == 1
     }
 }
 
@@ -254,14 +307,12 @@ impl Fs {
             spool,
             state: Mutex::new(WriterState {
                 size: 0,
-                wrote: false,
-                stream_decided: false,
-                upstream: None,
-                sealed: false,
-                phase: Phase::Open,
+                phase: Phase::Open(Upload::NoData),
             }),
             publishing: tokio::sync::Mutex::new(()),
+            handles: AtomicUsize::new(0),
         });
+        writer.opened();
         lock(&self.writers).insert(ino, Arc::clone(&writer));
         let fh = self.add_handle(Handle::Write(writer, opener));
         Ok((self.getattr(ino)?, fh))
@@ -294,7 +345,7 @@ impl Fs {
             None
         };
         let mut st = lock(&w.state);
-        if !matches!(st.phase, Phase::Open) || st.sealed {
+        if !matches!(st.phase, Phase::Open(_)) {
             return Err(FsError::new(
                 ErrorKind::NotPermitted,
                 "the file is already published (or being published, or failed to publish); published files cannot change",
@@ -305,51 +356,64 @@ impl Fs {
             // published, so close() reports the failure and sends nothing.
             let e = FsError::io(e, "write spool file");
             tracing::warn!(error = %e, "write failed; the file will not be published");
-            st.phase = Phase::Failed(e.clone());
-            st.upstream = None;
+            st.fail(e.clone());
             return Err(e);
         }
         let append = offset == st.size;
         st.size = st.size.max(offset + data.len() as u64);
-        st.wrote = true;
         let size = st.size;
-        if !append && st.upstream.take().is_some() {
-            tracing::debug!(
-                ino = w.ino,
-                offset,
-                "write is not an append: the file will be uploaded at close"
-            );
-        }
-        if let Some(u) = &st.upstream {
-            u.advance(size);
-        }
-        if !st.stream_decided {
-            st.stream_decided = true;
-            if let Some((fref, hold)) = stream.filter(|_| append) {
-                match SpoolReader::open(&w.spool.path) {
-                    Ok(spool) => {
-                        tracing::debug!(file = %fref.file, "streaming the upload while the file is written");
-                        let client = self.client.clone();
-                        st.upstream = Some(Upstream::start(
-                            &self.rt,
-                            client,
-                            fref,
-                            Arc::new(spool),
-                            size,
-                            hold,
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot stream the upload; uploading at close")
-                    }
-                }
+        match &st.phase {
+            Phase::Open(Upload::NoData) => {
+                st.phase =
+                    Phase::Open(self.start_upload(w.spool.path.as_path(), stream, append, size));
             }
+            Phase::Open(Upload::Streaming(u)) if append => u.advance(size),
+            Phase::Open(Upload::Streaming(_)) => {
+                st.stop_streaming();
+                tracing::debug!(
+                    ino = w.ino,
+                    offset,
+                    "write is not an append: the file will be uploaded at close"
+                );
+            }
+            _ => {}
         }
         drop(st);
         if let Some(n) = lock(&self.tree).get_mut(w.ino) {
             n.size = size;
         }
         Ok(data.len() as u32)
+    }
+
+    /// How the first write's data will go up: streamed from `size` bytes on
+    /// when it is an append that may stream (`parts`), else at close.
+    fn start_upload(
+        &self,
+        spool: &std::path::Path,
+        parts: Option<(FileRef, Option<tokio::sync::OwnedMutexGuard<()>>)>,
+        append: bool,
+        size: u64,
+    ) -> Upload {
+        let Some((fref, hold)) = parts.filter(|_| append) else {
+            return Upload::AtClose;
+        };
+        match SpoolReader::open(spool) {
+            Ok(reader) => {
+                tracing::debug!(file = %fref.file, "streaming the upload while the file is written");
+                Upload::Streaming(Upstream::start(
+                    &self.rt,
+                    self.client.clone(),
+                    fref,
+                    Arc::new(reader),
+                    size,
+                    hold,
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot stream the upload; uploading at close");
+                Upload::AtClose
+            }
+        }
     }
 
     /// What a streamed upload of `w` needs, if it may stream: a publishable
@@ -360,7 +424,8 @@ impl Fs {
         &self,
         w: &Writer,
     ) -> Option<(FileRef, Option<tokio::sync::OwnedMutexGuard<()>>)> {
-        if !self.config.stream_uploads || lock(&w.state).stream_decided {
+        let undecided = matches!(lock(&w.state).phase, Phase::Open(Upload::NoData));
+        if !self.config.stream_uploads || !undecided {
             return None;
         }
         let node = lock(&self.tree).get(w.ino).cloned()?;
@@ -400,7 +465,7 @@ impl Fs {
         };
         {
             let mut st = lock(&w.state);
-            if st.sealed {
+            if matches!(st.phase, Phase::Publishing) {
                 return Err(err!(
                     NotPermitted,
                     "{}: the file is being published",
@@ -411,7 +476,7 @@ impl Fs {
                 .file()
                 .set_len(size)
                 .map_err(|e| FsError::io(e, "truncate spool file"))?;
-            if size != st.size && st.upstream.take().is_some() {
+            if size != st.size && st.stop_streaming() {
                 tracing::debug!(ino, size, "truncated: the file will be uploaded at close");
             }
             st.size = size;
@@ -433,7 +498,7 @@ impl Fs {
         let Ok((w, opener)) = self.writer_and_opener(fh) else {
             return Ok(()); // read handles have nothing to flush
         };
-        let wrote = lock(&w.state).wrote;
+        let wrote = lock(&w.state).had_data();
         if !wrote {
             return Ok(()); // see the module comment: publish at release
         }
@@ -463,9 +528,11 @@ impl Fs {
     /// Last close of a handle: publishes a file that never saw a flush
     /// with data (an empty `touch`ed file).
     pub(super) async fn release_writer(&self, w: Arc<Writer>) {
-        let open = matches!(lock(&w.state).phase, Phase::Open);
-        let others = Arc::strong_count(&w) > 2; // `writers` map + this one
-        if open && !others {
+        if !w.released() {
+            return; // other descriptors are still open
+        }
+        let open = matches!(lock(&w.state).phase, Phase::Open(_) | Phase::Publishing);
+        if open {
             if let Err(e) = self.publish(&w, true).await {
                 tracing::warn!(error = %e, "publishing at release failed");
             }
@@ -478,24 +545,26 @@ impl Fs {
     /// `forget` is set (only from close paths, which hold no directory lock).
     async fn publish(&self, w: &Arc<Writer>, forget: bool) -> FsResult<()> {
         let _one = w.publishing.lock().await;
-        // Not `match lock(..)`: the guard would live through the arms.
-        let phase = lock(&w.state).phase.clone();
-        match phase {
-            Phase::Published => return Ok(()),
-            Phase::Failed(e) => {
-                self.discard(w, forget);
-                return Err(e);
-            }
-            Phase::Open => {}
+        if let Some(done) = self.settled(w, forget) {
+            return done;
         }
         let node = self.node(w.ino)?;
         if is_scratch(&node.file) {
             return Ok(()); // published when renamed to a real name
         }
+        // Sealed: from here on writes are refused. Checked again under the
+        // same lock, as the file may have been abandoned meanwhile.
         let (size, upstream) = {
             let mut st = lock(&w.state);
-            st.sealed = true;
-            (st.size, st.upstream.take())
+            match std::mem::replace(&mut st.phase, Phase::Publishing) {
+                Phase::Open(Upload::Streaming(u)) => (st.size, Some(u)),
+                Phase::Open(_) | Phase::Publishing => (st.size, None),
+                settled => {
+                    st.phase = settled;
+                    drop(st);
+                    return self.settled(w, forget).unwrap_or(Ok(()));
+                }
+            }
         };
         let fref = FileRef {
             owner: node.owner.clone(),
@@ -523,7 +592,7 @@ impl Fs {
             }
             Err(e) => {
                 tracing::warn!(path = %node.path(), error = %e, "publishing failed; the file was not published");
-                lock(&w.state).phase = Phase::Failed(e.clone());
+                lock(&w.state).fail(e.clone());
                 lock(&self.writers).remove(&w.ino);
                 lock(&self.tree).remove_child(node.parent, &node.file);
                 if forget {
@@ -533,6 +602,18 @@ impl Fs {
                 Err(e)
             }
         }
+    }
+
+    /// The outcome of a writer that is already published or failed (a
+    /// failed one is discarded); `None` while it can still be published.
+    fn settled(&self, w: &Arc<Writer>, forget: bool) -> Option<FsResult<()>> {
+        let failed = match &lock(&w.state).phase {
+            Phase::Published => return Some(Ok(())),
+            Phase::Failed { error, .. } => error.clone(),
+            Phase::Open(_) | Phase::Publishing => return None,
+        };
+        self.discard(w, forget);
+        Some(Err(failed))
     }
 
     /// After a `201` for the whole body: the registry's listing must show
@@ -569,7 +650,7 @@ impl Fs {
     /// Drops a file that failed before publishing (a failed write): its
     /// name, its writer and its spool. Idempotent.
     fn discard(&self, w: &Arc<Writer>, forget: bool) {
-        lock(&w.state).upstream = None;
+        lock(&w.state).stop_streaming();
         {
             let mut writers = lock(&self.writers);
             if writers.get(&w.ino).is_some_and(|x| Arc::ptr_eq(x, w)) {
@@ -666,9 +747,9 @@ impl Fs {
                 | registry::Error::Io(_)
                 | registry::Error::Server { .. }) => {
                     // The answer was lost or the server failed: did the
-                    // registry get the file? No blind retry (§9 rule 5):
-                    // ask the listing first, and PUT again at most once,
-                    // only when the file is absent (rule 13). A second PUT
+                    // registry get the file? No blind retry (PROTOCOL.md
+                    // §put-retry): ask the listing first, and PUT again at
+                    // most once, only when the file is absent. A second PUT
                     // cannot overwrite anything: a file that appeared in
                     // the meantime answers 409.
                     match self.check_uploaded(node, fref, w).await {
@@ -890,7 +971,7 @@ impl Fs {
             tree.rename_child(parent, name, newname);
         }
         // A streamed upload under the old name is abandoned.
-        lock(&w.state).upstream = None;
+        lock(&w.state).stop_streaming();
         if is_scratch(newname) {
             return Ok(());
         }
