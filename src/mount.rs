@@ -356,7 +356,7 @@ fn serve_mount(
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Arc::new(Fs::new(
-        client,
+        Arc::new(client),
         cache,
         FsConfig {
             uid: args.uid.unwrap_or(uid),

@@ -26,7 +26,7 @@ use tokio::sync::{watch, Notify};
 
 use super::error::{err, ErrorKind, FsError, FsResult};
 use crate::cache::{Cache, Reservation};
-use crate::registry::{self, Client, FileRef};
+use crate::registry::{self, FileRef, Registry};
 
 /// First read-ahead window of a stream that starts at offset 0 (most
 /// likely a sequential reader) and of one that starts elsewhere (random
@@ -98,7 +98,7 @@ const FAIL_FAST: Duration = Duration::from_secs(1);
 
 /// A download shared by all readers of one file.
 pub struct Fetch {
-    client: Client,
+    client: Arc<dyn Registry>,
     cache: Arc<Cache>,
     fref: FileRef,
     pub size: u64,
@@ -126,7 +126,7 @@ enum Step {
 
 impl Fetch {
     pub fn new(
-        client: Client,
+        client: Arc<dyn Registry>,
         cache: Arc<Cache>,
         fref: FileRef,
         size: u64,

@@ -24,7 +24,7 @@ pub use tree::{Ino, Kind, ROOT_INO};
 use crate::cache::{Cache, Hit};
 use crate::protocol::validate::client_version_ok;
 use crate::registry::PackageVersion as Package;
-use crate::registry::{self, Client, FileRef};
+use crate::registry::{self, FileRef, Registry};
 use fetch::Fetch;
 pub use process::Opener;
 use tree::{ChildSpec, Node, Tree};
@@ -108,7 +108,7 @@ const MAX_PROBED: usize = 4096;
 
 /// The mounted filesystem.
 pub struct Fs {
-    client: Client,
+    client: Arc<dyn Registry>,
     cache: Arc<Cache>,
     config: FsConfig,
     tree: Mutex<Tree>,
@@ -152,7 +152,7 @@ impl Fs {
     /// `rt` runs the tasks that start outside of it (streamed uploads,
     /// which begin in a write answered on a FUSE thread).
     pub fn new(
-        client: Client,
+        client: Arc<dyn Registry>,
         cache: Arc<Cache>,
         config: FsConfig,
         rt: tokio::runtime::Handle,
@@ -526,7 +526,7 @@ impl Fs {
         if let Some(login) = login {
             names.push(login);
             match self.client.user_orgs().await {
-                Ok(orgs) => names.extend(orgs.into_iter().map(|o| o.username)),
+                Ok(orgs) => names.extend(orgs),
                 Err(e @ (registry::Error::Forbidden(_) | registry::Error::Unauthorized(_))) => {
                     tracing::warn!(error = %e, "cannot list organisations (token scope?); showing the user and --owner only")
                 }
@@ -840,7 +840,7 @@ impl Fs {
             file: node.file.clone(),
         };
         let f = Fetch::new(
-            self.client.clone(),
+            Arc::clone(&self.client),
             Arc::clone(&self.cache),
             fref,
             node.size,
@@ -943,15 +943,7 @@ fn name_ok_for(parent: Kind, name: &str) -> bool {
         return false;
     }
     match parent {
-        // Gitea user and organisation names: alphanumerics, `-`, `_`, `.`.
-        Kind::Root => {
-            !name.is_empty()
-                && name != "."
-                && name != ".."
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        }
+        Kind::Root => validate::owner_name_ok(name),
         Kind::Owner => validate::validate_package_name(name).is_ok(),
         Kind::Package => client_version_ok(name),
         Kind::Version => validate::validate_filename(name).is_ok(),

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::spool::{SpoolReader, ALIGN, CHUNK};
-use crate::registry::{self, Client, FileRef, Sent};
+use crate::registry::{self, FileRef, Registry, Sent};
 
 /// What the body may send so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Upstream {
     /// a first upload, PROTOCOL.md §concurrency).
     pub fn start<H: Send + 'static>(
         rt: &tokio::runtime::Handle,
-        client: Client,
+        client: Arc<dyn Registry>,
         fref: FileRef,
         spool: Arc<SpoolReader>,
         avail: u64,
@@ -53,7 +53,7 @@ impl Upstream {
         let (feed, rx) = watch::channel(Feed::Open(avail));
         let body = futures_util::stream::unfold((spool, rx, 0u64, false), body_chunk);
         let task = rt.spawn(async move {
-            let r = client.upload_stream(&fref, body).await;
+            let r = client.upload_stream(&fref, Box::pin(body)).await;
             drop(hold);
             r
         });

@@ -402,7 +402,7 @@ impl Fs {
                 tracing::debug!(file = %fref.file, "streaming the upload while the file is written");
                 Upload::Streaming(Upstream::start(
                     &self.rt,
-                    self.client.clone(),
+                    Arc::clone(&self.client),
                     fref,
                     Arc::new(reader),
                     size,
@@ -785,7 +785,7 @@ impl Fs {
             registry::Error::Io(format!("open spool {}: {e}", w.spool.path.display()))
         })?;
         let body = spool::body(Arc::new(reader), size);
-        self.client.upload(fref, size, body).await
+        self.client.upload(fref, size, Box::pin(body)).await
     }
 
     /// After a failed PUT: `Some(sha)` when the registry lists the file

@@ -24,6 +24,17 @@ static FILENAME_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\A[-_+=:;.()\[\]{}~!@#$%^& 0-9A-Za-z]+\z").expect("static regex")
 });
 
+/// Whether `name` can be an owner (a user or organisation login):
+/// alphanumerics, `-`, `_` and `.`, not `.` or `..` (PROTOCOL.md §names).
+pub fn owner_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// Package name: `\A[-_+.\w]+\z` (ASCII `\w`), a one-character name must be
 /// a letter or digit, and `..` is refused.
 pub fn validate_package_name(name: &str) -> Result<(), Invalid> {

@@ -2,6 +2,7 @@
 //! pagination, authentication, retries of idempotent requests, and the
 //! status-to-error table (`error`). Knows nothing of FUSE or inodes.
 
+mod backend;
 mod error;
 mod list;
 pub mod redact;
@@ -13,6 +14,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use url::Url;
 
+pub use backend::{Body, Registry};
 pub use error::Error;
 pub use list::{log_once, FileEntry, PackageVersion, EMPTY_SHA256};
 pub use transfer::{validate_ref, Download, FileRef, Sent};
