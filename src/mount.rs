@@ -104,6 +104,23 @@ pub struct MountArgs {
     pub threads: usize,
 }
 
+impl MountArgs {
+    /// The filesystem settings these options ask for (unset ones as in
+    /// [`FsConfig::default`]).
+    pub fn fs_config(&self) -> FsConfig {
+        let d = FsConfig::default();
+        FsConfig {
+            uid: self.uid.unwrap_or(d.uid),
+            gid: self.gid.unwrap_or(d.gid),
+            read_only: self.read_only,
+            metadata_ttl: Duration::from_secs(self.metadata_ttl),
+            owners: self.owners.clone(),
+            prefetch_max: self.prefetch,
+            stream_uploads: !self.upload_on_close,
+        }
+    }
+}
+
 /// Parses `512MiB`, `10GiB`, `1G`, `4096`.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     s.trim()
@@ -353,20 +370,10 @@ fn serve_mount(
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let cache = Cache::open(&cache_dir, args.cache_size)
         .with_context(|| format!("cannot open cache directory {}", cache_dir.display()))?;
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Arc::new(Fs::new(
         Arc::new(client),
         cache,
-        FsConfig {
-            uid: args.uid.unwrap_or(uid),
-            gid: args.gid.unwrap_or(gid),
-            read_only: args.read_only,
-            metadata_ttl: Duration::from_secs(args.metadata_ttl),
-            owners: args.owners.clone(),
-            prefetch_max: args.prefetch,
-            stream_uploads: !args.upload_on_close,
-        },
+        args.fs_config(),
         rt.handle().clone(),
     ));
     fs.set_login(login);
@@ -589,6 +596,20 @@ mod tests {
             ])
         );
         assert!(helper_args(&v(&["pkgfs", "serve"])).is_none());
+    }
+
+    #[test]
+    fn default_options_give_the_default_fs_config() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: MountArgs,
+        }
+        let got = Cli::parse_from(["pkgfs", "https://g.example/", "/mnt"])
+            .args
+            .fs_config();
+        assert_eq!(format!("{got:?}"), format!("{:?}", FsConfig::default()));
     }
 
     #[test]

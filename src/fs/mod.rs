@@ -47,6 +47,25 @@ pub struct FsConfig {
     pub stream_uploads: bool,
 }
 
+impl Default for FsConfig {
+    /// The settings of `pkgfs mount` without options: files owned by the
+    /// current user, listings trusted 60 s, a 64 MiB read-ahead budget,
+    /// uploads streamed while written.
+    fn default() -> FsConfig {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        FsConfig {
+            uid,
+            gid,
+            read_only: false,
+            metadata_ttl: Duration::from_secs(60),
+            owners: Vec::new(),
+            prefetch_max: 64 * 1024 * 1024,
+            stream_uploads: true,
+        }
+    }
+}
+
 /// Tells the kernel to drop a cached name: for entries that vanish other
 /// than through the syscall being answered (a failed upload, a version
 /// that disappeared with its last file). Implemented by the FUSE adapter.
