@@ -68,7 +68,7 @@ impl TestFs {
             .expect("current user")
             .login;
         let fs = Arc::new(Fs::new(
-            client,
+            Arc::new(client),
             Arc::clone(&cache),
             config,
             rt.handle().clone(),
@@ -219,7 +219,7 @@ impl TestFs {
             at.push_str(name);
             match self.stat(&at) {
                 Ok(_) => {}
-                Err(e) if e.errno == libc::ENOENT => {
+                Err(e) if e.errno() == libc::ENOENT => {
                     self.mkdir(&at)?;
                 }
                 Err(e) => return Err(e),
@@ -297,7 +297,7 @@ fn count(server: &TestServer, key: &str) -> u64 {
 fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
     match r {
         Ok(v) => panic!("expected an error, got Ok({v:?})"),
-        Err(e) => e.errno,
+        Err(e) => e.errno(),
     }
 }
 

@@ -51,6 +51,26 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 16] = [
+        ErrorKind::NotFound,
+        ErrorKind::Denied,
+        ErrorKind::Exists,
+        ErrorKind::Invalid,
+        ErrorKind::NameTooLong,
+        ErrorKind::Quota,
+        ErrorKind::TooLarge,
+        ErrorKind::Io,
+        ErrorKind::ReadOnly,
+        ErrorKind::NotPermitted,
+        ErrorKind::CrossDirectory,
+        ErrorKind::NotEmpty,
+        ErrorKind::NoSpace,
+        ErrorKind::NotADirectory,
+        ErrorKind::IsADirectory,
+        ErrorKind::BadHandle,
+    ];
+
     /// The errno the kernel returns to the application.
     pub fn errno(self) -> i32 {
         use ErrorKind as K;
@@ -96,6 +116,14 @@ impl ErrorKind {
             K::BadHandle => "EBADF",
         }
     }
+}
+
+/// The symbolic name of an errno pkgfs returns ("errno" for others).
+pub fn errno_name(errno: i32) -> &'static str {
+    ErrorKind::ALL
+        .iter()
+        .find(|k| k.errno() == errno)
+        .map_or("errno", |k| k.errno_name())
 }
 
 /// An error returned to an application: its kind, what the log says, and
@@ -210,25 +238,7 @@ mod tests {
 
     #[test]
     fn every_kind_has_its_own_errno_and_name() {
-        use ErrorKind as K;
-        let all = [
-            K::NotFound,
-            K::Denied,
-            K::Exists,
-            K::Invalid,
-            K::NameTooLong,
-            K::Quota,
-            K::TooLarge,
-            K::Io,
-            K::ReadOnly,
-            K::NotPermitted,
-            K::CrossDirectory,
-            K::NotEmpty,
-            K::NoSpace,
-            K::NotADirectory,
-            K::IsADirectory,
-            K::BadHandle,
-        ];
+        let all = ErrorKind::ALL;
         let errnos: std::collections::HashSet<i32> = all.iter().map(|k| k.errno()).collect();
         let names: std::collections::HashSet<&str> = all.iter().map(|k| k.errno_name()).collect();
         assert_eq!(errnos.len(), all.len());

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use error::err;
-pub use error::{ErrorKind, FsError, FsResult};
+pub use error::{errno_name, ErrorKind, FsError, FsResult};
 pub use tree::{Ino, Kind, ROOT_INO};
 
 use crate::cache::{Cache, Hit};
