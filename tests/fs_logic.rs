@@ -1086,7 +1086,6 @@ fn scratch_files_stay_local_until_renamed_to_a_publishable_name() {
 /// to a publishable name fails to publish must keep its old name and
 /// bytes, so the application (rsync, an editor) still has its data.
 #[test]
-#[ignore = "bug: a rename whose upload fails (409 or EIO) drops the scratch file: neither name exists afterwards and its spool is deleted"]
 fn a_rename_that_fails_to_publish_keeps_the_scratch_file() {
     let server = TestServer::start(&[]);
     server.put_ok("alice", "rn", "1.0", "a", b"a");

@@ -96,6 +96,17 @@ impl WriterState {
     }
 }
 
+/// What becomes of a file whose upload failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnFailure {
+    /// Dropped with its spool: a close reported the failure, the
+    /// application keeps its source (`cp`, `mv`).
+    Discard,
+    /// Kept, open for another try: a rename to a publishable name failed,
+    /// and the file keeps its old name.
+    Keep,
+}
+
 /// Local scratch files: never uploaded under this name.
 pub(super) fn is_scratch(name: &str) -> bool {
     name.starts_with('.')
@@ -544,6 +555,16 @@ impl Fs {
     /// On failure the name is dropped from the kernel's cache too when
     /// `forget` is set (only from close paths, which hold no directory lock).
     async fn publish(&self, w: &Arc<Writer>, forget: bool) -> FsResult<()> {
+        self.publish_or(w, forget, OnFailure::Discard).await
+    }
+
+    /// `publish`, with what becomes of the file if the upload fails.
+    async fn publish_or(
+        &self,
+        w: &Arc<Writer>,
+        forget: bool,
+        on_failure: OnFailure,
+    ) -> FsResult<()> {
         let _one = w.publishing.lock().await;
         if let Some(done) = self.settled(w, forget) {
             return done;
@@ -589,6 +610,11 @@ impl Fs {
                 }
                 tracing::info!(path = %node.path(), size, "published");
                 Ok(())
+            }
+            Err(e) if on_failure == OnFailure::Keep => {
+                tracing::warn!(path = %node.path(), error = %e, "publishing failed; the file stays local");
+                lock(&w.state).phase = Phase::Open(Upload::AtClose);
+                Err(e)
             }
             Err(e) => {
                 tracing::warn!(path = %node.path(), error = %e, "publishing failed; the file was not published");
@@ -975,7 +1001,13 @@ impl Fs {
         if is_scratch(newname) {
             return Ok(());
         }
-        self.publish(&w, false).await
+        // As rename(2): if it fails, the file keeps its old name and data
+        // (rsync, editors still have their temporary file).
+        let r = self.publish_or(&w, false, OnFailure::Keep).await;
+        if r.is_err() && !w.is_published() {
+            lock(&self.tree).rename_child(parent, newname, name);
+        }
+        r
     }
 }
 
