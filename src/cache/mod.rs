@@ -7,8 +7,14 @@
 //! survives restarts. Files are 0600 in 0700 directories.
 //!
 //! Layout: `blobs/<sha256>` complete verified files, `partial/` downloads
-//! in flight, `spool/` data written by applications before upload. The
-//! last two are emptied at start.
+//! in flight, `spool/` data written by applications before upload,
+//! `trash/` evicted blobs waiting to be deleted. The last three are emptied
+//! at start.
+//!
+//! Deleting a large file can take seconds (ext4 frees its blocks inside
+//! `unlink`), so no caller waits for it: an evicted blob is renamed into
+//! `trash/` (a metadata change, and its name is free again at once) and
+//! the janitor thread deletes it.
 //!
 //! Crash consistency without an `fsync` per download (which would add
 //! seconds to every cold read of a large file): a blob is trusted only in
@@ -34,8 +40,11 @@ pub struct Cache {
     blobs: PathBuf,
     partial: PathBuf,
     spool: PathBuf,
+    trash: PathBuf,
     capacity: u64,
     inner: Mutex<Inner>,
+    /// Files for the janitor thread to delete.
+    janitor: std::sync::mpsc::Sender<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -110,10 +119,23 @@ impl Cache {
     /// evicting down to the bound.
     pub fn open(dir: &Path, capacity: u64) -> io::Result<Arc<Cache>> {
         private_dir(dir)?;
+        let (janitor, doomed) = std::sync::mpsc::channel::<PathBuf>();
+        std::thread::Builder::new()
+            .name("pkgfs-janitor".into())
+            .spawn(move || {
+                // Ends when the cache (the only sender) is dropped.
+                for path in doomed {
+                    if let Err(e) = fs::remove_file(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot delete a discarded cache file");
+                    }
+                }
+            })?;
         let cache = Cache {
             blobs: dir.join("blobs"),
             partial: dir.join("partial"),
             spool: dir.join("spool"),
+            trash: dir.join("trash"),
+            janitor,
             capacity,
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
@@ -121,11 +143,12 @@ impl Cache {
                 reserved: 0,
             }),
         };
-        for d in [&cache.blobs, &cache.partial, &cache.spool] {
+        for d in [&cache.blobs, &cache.partial, &cache.spool, &cache.trash] {
             private_dir(d)?;
         }
         empty_dir(&cache.partial)?;
         empty_dir(&cache.spool)?;
+        empty_dir(&cache.trash)?;
         let mut found: Vec<(SystemTime, String, u64)> = Vec::new();
         for entry in fs::read_dir(&cache.blobs)? {
             let entry = entry?;
@@ -292,11 +315,32 @@ impl Cache {
             }
         }
         for sha in victims {
-            // Open descriptors keep their data; new opens miss.
-            if let Err(e) = fs::remove_file(self.blob_path(&sha)) {
-                tracing::warn!(sha256 = %sha, error = %e, "cannot remove evicted cache entry");
-            }
+            self.discard_blob(&sha);
             tracing::debug!(sha256 = %sha, "evicted from cache");
+        }
+    }
+
+    /// Takes a blob out of `blobs/` at once and leaves its deletion to the
+    /// janitor. Open descriptors keep their data; new opens miss.
+    fn discard_blob(&self, sha256: &str) {
+        let doomed = self
+            .trash
+            .join(format!("{sha256}-{:016x}", rand::random::<u64>()));
+        match fs::rename(self.blob_path(sha256), &doomed) {
+            Ok(()) => self.delete_later(doomed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(sha256 = %sha256, error = %e, "cannot remove a cache entry")
+            }
+        }
+    }
+
+    /// Deletes `path` (a blob taken out, a spool or download file given up)
+    /// on the janitor thread: no caller waits for a large file's blocks to
+    /// be freed.
+    pub fn delete_later(&self, path: PathBuf) {
+        if let Err(e) = self.janitor.send(path) {
+            let _ = fs::remove_file(e.0);
         }
     }
 
@@ -338,7 +382,8 @@ impl Cache {
             None => self.reserve(size),
         };
         let Some(reservation) = reservation else {
-            return fs::remove_file(path);
+            self.delete_later(path.to_path_buf());
+            return Ok(());
         };
         let dest = self.blob_path(sha256);
         let known = self.lock().lru.get(sha256).is_some_and(|e| e.verified) && dest.exists();
@@ -347,8 +392,7 @@ impl Cache {
             // free the old blob's blocks inside this call (seconds for a
             // large file on ext4); the redundant copy goes in the background.
             drop(reservation);
-            let path = path.to_path_buf();
-            std::thread::spawn(move || fs::remove_file(path));
+            self.delete_later(path.to_path_buf());
             return Ok(());
         }
         fs::rename(path, &dest)?;
@@ -377,7 +421,7 @@ impl Cache {
             r.is_some()
         };
         if removed {
-            let _ = fs::remove_file(self.blob_path(sha256));
+            self.discard_blob(sha256);
         }
     }
 }
@@ -477,7 +521,31 @@ mod tests {
         assert!(cache.reserve(51).is_none());
         let (path, _f) = cache.new_partial().unwrap();
         cache.commit(&path, &sha(9), 51, None).unwrap();
-        assert!(!path.exists());
         assert_eq!(cache.used(), 0);
+        // Deleted by the janitor, soon.
+        let t = std::time::Instant::now();
+        while path.exists() && t.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn evicted_blobs_leave_their_name_at_once_and_the_disk_soon() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 20).unwrap();
+        put(&cache, &sha(1), 10);
+        put(&cache, &sha(2), 10);
+        put(&cache, &sha(3), 10); // evicts sha(1)
+        assert!(!dir.path().join("blobs").join(sha(1)).exists());
+        let trash = dir.path().join("trash");
+        let t = std::time::Instant::now();
+        while fs::read_dir(&trash).unwrap().count() > 0
+            && t.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(fs::read_dir(&trash).unwrap().count(), 0);
+        assert!(dir.path().join("blobs").join(sha(3)).exists());
     }
 }

@@ -665,8 +665,8 @@ impl Fetch {
 impl Drop for Fetch {
     fn drop(&mut self) {
         let committed = self.state.get_mut().map(|s| s.committed).unwrap_or(false);
-        if let (false, Some(path)) = (committed, &self.path) {
-            let _ = std::fs::remove_file(path);
+        if let (false, Some(path)) = (committed, self.path.take()) {
+            self.cache.delete_later(path);
         }
     }
 }

@@ -3,6 +3,22 @@
 //! listings (cached for `metadata_ttl`), attributes, directory handles and
 //! file handles. `crate::fuse` only decodes kernel requests, calls these
 //! methods on the tokio runtime, and replies.
+//!
+//! Threads. FUSE threads never wait on the network (`crate::fuse` answers
+//! cached requests inline and hands the rest to the runtime); runtime
+//! workers never block on disk: hashing, download-file creation with its
+//! cache reservation (which may evict), and verifying blobs run on
+//! blocking threads, and deleting files is the cache janitor's job
+//! (`Cache::delete_later`). Positioned writes into the cache file and the
+//! spool, and renames into the cache, are short and stay inline.
+//!
+//! Locks. The async locks (`listing_locks` per directory, `version_locks`
+//! per new version, `Writer::publishing`) may be held across requests and
+//! are always taken before any std mutex. A std mutex is never held
+//! across an `.await`, disk I/O or eviction, and two are nested only in
+//! this order: `tree` → `probed`; `tree` → `writers` → a writer's `state`.
+//! Every other std mutex (`handles`, `dir_seen`, `fetches`, `login`, a
+//! fetch's state, the cache index) is taken alone.
 
 mod error;
 mod fetch;
@@ -24,7 +40,7 @@ pub use tree::{Ino, Kind, ROOT_INO};
 use crate::cache::{Cache, Hit};
 use crate::protocol::validate::client_version_ok;
 use crate::registry::PackageVersion as Package;
-use crate::registry::{self, FileRef, Registry};
+use crate::registry::{self, Registry};
 use fetch::Fetch;
 pub use process::Opener;
 use tree::{ChildSpec, Node, Tree};
@@ -795,7 +811,7 @@ impl Fs {
         if let Some(f) = cached {
             return Ok(self.add_handle(Handle::Local(Some(f))));
         }
-        let fetch = self.fetch_for(&node)?;
+        let fetch = self.fetch_for(&node).await?;
         Ok(self.add_handle(Handle::Remote(fetch)))
     }
 
@@ -843,29 +859,33 @@ impl Fs {
             .map(|n| n.sha256.clone())
     }
 
-    /// The shared download of a file, created on first use.
-    fn fetch_for(&self, node: &Node) -> FsResult<Arc<Fetch>> {
-        let mut fetches = lock(&self.fetches);
-        fetches.retain(|_, w| w.strong_count() > 0);
-        if let Some(f) = fetches.get(&node.sha256).and_then(Weak::upgrade) {
-            if !f.is_bad() {
-                return Ok(f);
-            }
-        }
-        let fref = FileRef {
-            owner: node.owner.clone(),
-            name: node.name.clone(),
-            version: node.version.clone(),
-            file: node.file.clone(),
+    /// The shared download of a file, created on first use. Creating one
+    /// reserves cache space (which may evict) and creates its file: disk
+    /// work, done on a blocking thread with no lock held.
+    async fn fetch_for(&self, node: &Node) -> FsResult<Arc<Fetch>> {
+        let shared = |fetches: &mut HashMap<String, Weak<Fetch>>| {
+            fetches.retain(|_, w| w.strong_count() > 0);
+            fetches
+                .get(&node.sha256)
+                .and_then(Weak::upgrade)
+                .filter(|f| !f.is_bad())
         };
-        let f = Fetch::new(
-            Arc::clone(&self.client),
-            Arc::clone(&self.cache),
-            fref,
-            node.size,
-            node.sha256.clone(),
-            self.config.prefetch_max,
-        )?;
+        if let Some(f) = shared(&mut lock(&self.fetches)) {
+            return Ok(f);
+        }
+        let (client, cache) = (Arc::clone(&self.client), Arc::clone(&self.cache));
+        let (fref, size, sha) = (node.file_ref(), node.size, node.sha256.clone());
+        let prefetch = self.config.prefetch_max;
+        let f = tokio::task::spawn_blocking(move || {
+            Fetch::new(client, cache, fref, size, sha, prefetch)
+        })
+        .await
+        .map_err(|e| err!(Io, "starting a download: {e}"))??;
+        let mut fetches = lock(&self.fetches);
+        // Another open may have started the same download meanwhile.
+        if let Some(other) = shared(&mut fetches) {
+            return Ok(other);
+        }
         fetches.insert(node.sha256.clone(), Arc::downgrade(&f));
         Ok(f)
     }

@@ -70,6 +70,16 @@ impl Node {
             .join("/")
     }
 
+    /// The registry's name of this (file) node.
+    pub fn file_ref(&self) -> crate::registry::FileRef {
+        crate::registry::FileRef {
+            owner: self.owner.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            file: self.file.clone(),
+        }
+    }
+
     /// This node's own name (last component).
     pub fn leaf(&self) -> &str {
         match self.kind {

@@ -297,7 +297,7 @@ impl Fs {
         let ino = {
             let mut tree = lock(&self.tree);
             if let Some(existing) = tree.child(parent, name) {
-                let _ = std::fs::remove_file(&spool.path);
+                self.cache.delete_later(spool.path.clone());
                 return Err(err!(
                     Exists,
                     "{}: already published; published files cannot be replaced",
@@ -443,12 +443,7 @@ impl Fs {
         if is_scratch(&node.file) {
             return None;
         }
-        let fref = FileRef {
-            owner: node.owner.clone(),
-            name: node.name.clone(),
-            version: node.version.clone(),
-            file: node.file.clone(),
-        };
+        let fref = node.file_ref();
         registry::validate_ref(&fref).ok()?;
         let version_local = lock(&self.tree).get(node.parent).is_some_and(|v| v.local);
         let hold = if version_local {
@@ -587,12 +582,7 @@ impl Fs {
                 }
             }
         };
-        let fref = FileRef {
-            owner: node.owner.clone(),
-            name: node.name.clone(),
-            version: node.version.clone(),
-            file: node.file.clone(),
-        };
+        let fref = node.file_ref();
         let result = self.upload(&node, &fref, w, size, upstream).await;
         match result {
             Ok(sha) => {
@@ -601,7 +591,8 @@ impl Fs {
                 self.mark_published(&node, &sha, size);
                 lock(&self.writers).remove(&w.ino);
                 let kept = if sha.is_empty() {
-                    std::fs::remove_file(&w.spool.path)
+                    self.cache.delete_later(w.spool.path.clone());
+                    Ok(())
                 } else {
                     self.cache.commit(&w.spool.path, &sha, size, None)
                 };
@@ -624,7 +615,7 @@ impl Fs {
                 if forget {
                     self.forget_entry(node.parent, &node.file);
                 }
-                let _ = std::fs::remove_file(&w.spool.path);
+                self.cache.delete_later(w.spool.path.clone());
                 Err(e)
             }
         }
@@ -690,7 +681,7 @@ impl Fs {
                 self.forget_entry(node.parent, &node.file);
             }
         }
-        let _ = std::fs::remove_file(&w.spool.path);
+        self.cache.delete_later(w.spool.path.clone());
     }
 
     /// The PUT and the interpretation of its outcome: the sha256 of the
@@ -901,16 +892,11 @@ impl Fs {
         }
         if node.local {
             if let Some(w) = lock(&self.writers).remove(&node.ino) {
-                let _ = std::fs::remove_file(&w.spool.path);
+                self.cache.delete_later(w.spool.path.clone());
                 w.abandon(FsError::not_found("deleted before publishing"));
             }
         } else {
-            let fref = FileRef {
-                owner: node.owner.clone(),
-                name: node.name.clone(),
-                version: node.version.clone(),
-                file: node.file.clone(),
-            };
+            let fref = node.file_ref();
             match self.client.delete_file(&fref).await {
                 Ok(()) | Err(registry::Error::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -988,7 +974,7 @@ impl Fs {
                     }
                     // Replacing another local file, as rename(2) does.
                     if let Some(old) = lock(&self.writers).remove(&target.ino) {
-                        let _ = std::fs::remove_file(&old.spool.path);
+                        self.cache.delete_later(old.spool.path.clone());
                         old.abandon(FsError::not_found("replaced by rename"));
                     }
                     tree.remove_child(parent, newname);
