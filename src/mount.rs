@@ -19,6 +19,7 @@ use url::Url;
 use crate::cache::Cache;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::{FuseFs, KernelInvalidator};
+use crate::parse_size;
 use crate::registry::{self, Client, ClientConfig};
 
 /// Options of `pkgfs mount`. The token comes from the environment variable
@@ -119,14 +120,6 @@ impl MountArgs {
             stream_uploads: !self.upload_on_close,
         }
     }
-}
-
-/// Parses `512MiB`, `10GiB`, `1G`, `4096`.
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("invalid size {s:?}: {e}"))
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -360,13 +353,43 @@ fn serve_mount(
         .enable_all()
         .thread_name("pkgfs-rt")
         .build()?;
+    let fs = build_fs(&args, &url, token, &rt)?;
+    let session = fuser::Session::new(
+        FuseFs::new(Arc::clone(&fs), rt.handle().clone()),
+        &mountpoint,
+        &fuse_config(&args, &url),
+    )
+    .map_err(|e| anyhow!("cannot mount on {}: {e}", mountpoint.display()))?;
+    fs.set_invalidator(Box::new(KernelInvalidator::new(session.notifier())));
+    let bg = session.spawn()?;
+    tracing::info!(url = %url, mountpoint = %mountpoint.display(), "mounted");
+    if let Some(mut w) = ready.take() {
+        let _ = writeln!(w, "ready");
+        drop(w);
+        redirect_stdio();
+    }
+    let signalled = rt.block_on(wait_for_end(&bg))?;
+    end_session(bg, signalled, &mountpoint);
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// The registry client (checked against the registry), the cache and the
+/// filesystem logic on top of them.
+fn build_fs(
+    args: &MountArgs,
+    url: &Url,
+    token: Option<String>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Arc<Fs>> {
     let client = Client::new(ClientConfig {
         base: url.clone(),
         token,
         timeout: Duration::from_secs(args.timeout.max(1)),
         insecure: args.insecure,
     })?;
-    let login = rt.block_on(check_registry(&client, &url))?;
+    let login = rt.block_on(check_registry(&client, url))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let cache = Cache::open(&cache_dir, args.cache_size)
         .with_context(|| format!("cannot open cache directory {}", cache_dir.display()))?;
@@ -377,7 +400,11 @@ fn serve_mount(
         rt.handle().clone(),
     ));
     fs.set_login(login);
+    Ok(fs)
+}
 
+/// The FUSE session's options: name, flags, threads, who may access it.
+fn fuse_config(args: &MountArgs, url: &Url) -> Config {
     let mut options = vec![
         MountOption::FSName(format!("pkgfs:{}", url.host_str().unwrap_or("registry"))),
         MountOption::Subtype("pkgfs".into()),
@@ -395,70 +422,58 @@ fn serve_mount(
     if args.allow_other {
         config.acl = SessionACL::All;
     }
-    let session = fuser::Session::new(
-        FuseFs::new(Arc::clone(&fs), rt.handle().clone()),
-        &mountpoint,
-        &config,
-    )
-    .map_err(|e| anyhow!("cannot mount on {}: {e}", mountpoint.display()))?;
-    fs.set_invalidator(Box::new(KernelInvalidator::new(session.notifier())));
-    let bg = session.spawn()?;
-    tracing::info!(url = %url, mountpoint = %mountpoint.display(), "mounted");
-    if let Some(mut w) = ready.take() {
-        let _ = writeln!(w, "ready");
-        drop(w);
-        redirect_stdio();
-    }
-    // Until a signal arrives or the session ends (`fusermount3 -u`).
-    let signalled = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                _ = term.recv() => return Ok::<_, anyhow::Error>(Some("SIGTERM")),
-                _ = int.recv() => return Ok(Some("SIGINT")),
-                _ = hup.recv() => return Ok(Some("SIGHUP")),
-                _ = tick.tick() => if bg.guard.is_finished() { return Ok(None) },
-            }
-        }
-    })?;
-    match signalled {
-        Some(sig) => {
-            tracing::info!("{sig}: unmounting");
-            if let Err(e) = bg.umount_and_join() {
-                tracing::warn!(error = %e, "unmount failed; trying a lazy unmount");
-                let _ = std::process::Command::new("fusermount3")
-                    .env_clear()
-                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                    .args(["-u", "-z"])
-                    .arg(&mountpoint)
-                    .status();
-            }
-        }
-        None => {
-            // Someone else unmounted (`fusermount3 -u`): the mount is gone,
-            // and fuser's unmount-on-drop would unmount *by path*, which
-            // can hit a new mount at the same mount point made meanwhile
-            // (`fusermount3 -u M; pkgfs mount URL M`). Join the session
-            // thread without ever dropping the mount handle; the process
-            // exits right after, closing the device.
-            let bg = std::mem::ManuallyDrop::new(bg);
-            // SAFETY: `guard` is moved out exactly once, and `bg` is never
-            // dropped or used again, so it is not dropped twice.
-            let guard = unsafe { std::ptr::read(&bg.guard) };
-            match guard.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
-                Err(_) => tracing::warn!("the FUSE session thread panicked"),
-            }
+    config
+}
+
+/// Waits until a signal arrives (its name) or the session ends by itself
+/// (`fusermount3 -u`: `None`).
+async fn wait_for_end(bg: &fuser::BackgroundSession) -> Result<Option<&'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(Some("SIGTERM")),
+            _ = int.recv() => return Ok(Some("SIGINT")),
+            _ = hup.recv() => return Ok(Some("SIGHUP")),
+            _ = tick.tick() => if bg.guard.is_finished() { return Ok(None) },
         }
     }
-    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
-    rt.shutdown_timeout(Duration::from_secs(1));
-    Ok(())
+}
+
+/// Ends the session: unmounts after a signal (lazily if the mount is busy),
+/// or joins a session that someone else unmounted.
+fn end_session(bg: fuser::BackgroundSession, signalled: Option<&str>, mountpoint: &Path) {
+    let Some(sig) = signalled else {
+        // Someone else unmounted (`fusermount3 -u`): the mount is gone,
+        // and fuser's unmount-on-drop would unmount *by path*, which can
+        // hit a new mount at the same mount point made meanwhile
+        // (`fusermount3 -u M; pkgfs mount URL M`). Join the session thread
+        // without ever dropping the mount handle; the process exits right
+        // after, closing the device.
+        let bg = std::mem::ManuallyDrop::new(bg);
+        // SAFETY: `guard` is moved out exactly once, and `bg` is never
+        // dropped or used again, so it is not dropped twice.
+        let guard = unsafe { std::ptr::read(&bg.guard) };
+        match guard.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+            Err(_) => tracing::warn!("the FUSE session thread panicked"),
+        }
+        return;
+    };
+    tracing::info!("{sig}: unmounting");
+    if let Err(e) = bg.umount_and_join() {
+        tracing::warn!(error = %e, "unmount failed; trying a lazy unmount");
+        let _ = std::process::Command::new("fusermount3")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .args(["-u", "-z"])
+            .arg(mountpoint)
+            .status();
+    }
 }
 
 /// Makes sure the registry answers and the token is accepted; returns the

@@ -354,6 +354,19 @@ impl Tree {
         }
     }
 
+    /// A directory that lost its last listed child (deleted with it on the
+    /// registry) stays as a hidden placeholder, so `rmdir` of it succeeds
+    /// (`rm -r`); its parent, if hidden so now.
+    pub fn hide_if_emptied(&mut self, dir: Ino) -> Option<Ino> {
+        if !self.children(dir).is_empty() {
+            return None;
+        }
+        let d = self.nodes.get_mut(&dir).filter(|d| !d.local)?;
+        d.local = true;
+        d.hidden = true;
+        Some(d.parent)
+    }
+
     /// Renames a child within its directory (local files only).
     pub fn rename_child(&mut self, parent: Ino, from: &str, to: &str) {
         let Some(dir) = self.dirs.get_mut(&parent) else {

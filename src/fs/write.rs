@@ -116,13 +116,9 @@ impl Fs {
         }
         let mut tree = lock(&self.tree);
         tree.remove_child(parent, name);
-        if node.kind == Kind::Version && !node.local && tree.children(parent).is_empty() {
-            // The package went away with its last version: an empty
-            // placeholder until rmdir, as for versions (so `rm -r` works).
-            if let Some(p) = tree.get_mut(parent).filter(|p| !p.local) {
-                p.local = true;
-                p.hidden = true;
-            }
+        if node.kind == Kind::Version && !node.local {
+            // The package went away with its last version.
+            tree.hide_if_emptied(parent);
         }
         Ok(())
     }
@@ -450,23 +446,11 @@ impl Fs {
         }
         let mut tree = lock(&self.tree);
         tree.remove_child(parent, name);
-        let version_gone = !node.local
-            && tree.children(parent).is_empty()
-            && tree.get(parent).is_some_and(|v| !v.local);
-        if version_gone {
-            // Gone from the registry with its last file: no longer listed,
-            // but an empty placeholder until rmdir (so `rm -r` works).
-            let package = tree.get_mut(parent).map(|v| {
-                v.local = true;
-                v.hidden = true;
-                v.parent
-            });
-            // And so is the package when that was its last version.
-            if let Some(pkg) = package.filter(|&p| tree.children(p).is_empty()) {
-                if let Some(p) = tree.get_mut(pkg).filter(|p| !p.local) {
-                    p.local = true;
-                    p.hidden = true;
-                }
+        if !node.local {
+            // The version went with its last file, and the package with
+            // its last version.
+            if let Some(package) = tree.hide_if_emptied(parent) {
+                tree.hide_if_emptied(package);
             }
         }
         Ok(())

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytesize::ByteSize;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -136,12 +135,12 @@ pub struct ServeArgs {
     /// LIMIT_SIZE_GENERIC: largest file (e.g. `512MiB`, `1GiB`, `100MB`,
     /// plain bytes); larger uploads get 403 after the body is read.
     /// Admins are exempt.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = crate::parse_size)]
     pub max_file_size: Option<u64>,
 
     /// LIMIT_TOTAL_OWNER_SIZE: total size of an owner's files; an upload
     /// that would exceed it gets 403. Admins are exempt.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = crate::parse_size)]
     pub max_owner_size: Option<u64>,
 
     /// LIMIT_TOTAL_OWNER_COUNT: number of versions of an owner; creating
@@ -154,10 +153,6 @@ pub struct ServeArgs {
     /// production.
     #[arg(long)]
     pub test_hooks: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    s.trim().parse::<ByteSize>().map(|b| b.as_u64())
 }
 
 /// Behaviour switches derived from the flags (PROTOCOL.md §serve-profile).
