@@ -189,7 +189,7 @@ impl Fs {
                     return self.confirm_listed(node, fref, &sent).await.map(Some)
                 }
                 // The spool and the body disagree: the registry may hold a
-                // file of the wrong length. The listing check below decides.
+                // file of the wrong length. The listing check decides.
                 Ok(sent) => registry::Error::Io(format!(
                     "{}: sent {} bytes of a {size}-byte file",
                     node.path(),
@@ -197,66 +197,85 @@ impl Fs {
                 )),
                 Err(e) => e,
             };
-            if retried
-                && matches!(
-                    err,
-                    registry::Error::Conflict(_) | registry::Error::BadRequest(_)
-                )
-            {
-                // The second PUT found the name taken: by our first attempt,
-                // which landed after the listing was checked, or by an
-                // identical upload. The same bytes are success.
-                if let Ok(Some(sha)) = self.check_uploaded(node, fref, w).await {
-                    tracing::info!(path = %node.path(), "the registry has the file with these bytes");
-                    return Ok(Some(sha));
-                }
+            match self.after_failed_put(node, fref, w, err, retried).await? {
+                Some(sha) => return Ok(Some(sha)),
+                None => retried = true,
             }
-            match err {
-                registry::Error::BadRequest(msg) => {
-                    // Local validation passed: most likely the 1.17-style
-                    // "package version already exists" (PROTOCOL.md §errno).
-                    return match self
-                        .client
-                        .list_files(&fref.owner, &fref.name, &fref.version)
-                        .await
-                    {
-                        Ok(files) if !files.is_empty() => Err(err!(
-                            Exists,
-                            "{}: the registry refused it as a duplicate: {msg}",
-                            node.path()
-                        )),
-                        _ => Err(err!(Invalid, "{}: {msg}", node.path())),
-                    };
-                }
-                e @ (registry::Error::Network(_)
-                | registry::Error::Timeout(_)
-                | registry::Error::Io(_)
-                | registry::Error::Server { .. }) => {
-                    // The answer was lost or the server failed: did the
-                    // registry get the file? No blind retry (PROTOCOL.md
-                    // §put-retry): ask the listing first, and PUT again at
-                    // most once, only when the file is absent. A second PUT
-                    // cannot overwrite anything: a file that appeared in
-                    // the meantime answers 409.
-                    match self.check_uploaded(node, fref, w).await {
-                        Ok(Some(sha)) => {
-                            tracing::info!(path = %node.path(), "the upload failed ({e}), but the registry has the file");
-                            return Ok(Some(sha));
-                        }
-                        Ok(None) if !retried => {
-                            tracing::info!(path = %node.path(), error = %e, "upload failed and the registry does not have the file; retrying once");
-                            retried = true;
-                        }
-                        Ok(None) => return Err(e.into()),
-                        Err(check) if check.kind == ErrorKind::Exists => return Err(check),
-                        Err(check) => {
-                            tracing::warn!(path = %node.path(), error = %check, "cannot check whether the failed upload arrived");
-                            return Err(e.into());
-                        }
+        }
+    }
+
+    /// What a failed PUT means: the file is there after all (its sha256),
+    /// one more PUT is due (`None`), or the failure stands.
+    async fn after_failed_put(
+        &self,
+        node: &Node,
+        fref: &FileRef,
+        w: &Writer,
+        err: registry::Error,
+        retried: bool,
+    ) -> FsResult<Option<String>> {
+        if retried
+            && matches!(
+                err,
+                registry::Error::Conflict(_) | registry::Error::BadRequest(_)
+            )
+        {
+            // The second PUT found the name taken: by our first attempt,
+            // which landed after the listing was checked, or by an
+            // identical upload. The same bytes are success.
+            if let Ok(Some(sha)) = self.check_uploaded(node, fref, w).await {
+                tracing::info!(path = %node.path(), "the registry has the file with these bytes");
+                return Ok(Some(sha));
+            }
+        }
+        match err {
+            registry::Error::BadRequest(msg) => Err(self.refused_as(node, fref, &msg).await),
+            e @ (registry::Error::Network(_)
+            | registry::Error::Timeout(_)
+            | registry::Error::Io(_)
+            | registry::Error::Server { .. }) => {
+                // The answer was lost or the server failed: did the
+                // registry get the file? No blind retry (PROTOCOL.md
+                // §put-retry): ask the listing first, and PUT again at most
+                // once, only when the file is absent. A second PUT cannot
+                // overwrite anything: a file that appeared in the meantime
+                // answers 409.
+                match self.check_uploaded(node, fref, w).await {
+                    Ok(Some(sha)) => {
+                        tracing::info!(path = %node.path(), "the upload failed ({e}), but the registry has the file");
+                        Ok(Some(sha))
+                    }
+                    Ok(None) if !retried => {
+                        tracing::info!(path = %node.path(), error = %e, "upload failed and the registry does not have the file; retrying once");
+                        Ok(None)
+                    }
+                    Ok(None) => Err(e.into()),
+                    Err(check) if check.kind == ErrorKind::Exists => Err(check),
+                    Err(check) => {
+                        tracing::warn!(path = %node.path(), error = %check, "cannot check whether the failed upload arrived");
+                        Err(e.into())
                     }
                 }
-                e => return Err(e.into()),
             }
+            e => Err(e.into()),
+        }
+    }
+
+    /// A 400 to a PUT whose names passed the local checks: most likely the
+    /// legacy duplicate answer "package version already exists" (PROTOCOL.md
+    /// §errno): EEXIST when the version has files, else EINVAL.
+    async fn refused_as(&self, node: &Node, fref: &FileRef, msg: &str) -> FsError {
+        match self
+            .client
+            .list_files(&fref.owner, &fref.name, &fref.version)
+            .await
+        {
+            Ok(files) if !files.is_empty() => err!(
+                Exists,
+                "{}: the registry refused it as a duplicate: {msg}",
+                node.path()
+            ),
+            _ => err!(Invalid, "{}: {msg}", node.path()),
         }
     }
 
