@@ -152,7 +152,14 @@ async fn credentials_on_the_packages_tree() {
         let r = req(&s, Method::GET, "api/packages/x", cred).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{cred:?}");
     }
-    let log = s.stderr_tail();
+    // The access log line is written when a response has been sent, which
+    // may be just after the client read it.
+    let mut log = s.stderr_tail();
+    let since = std::time::Instant::now();
+    while !log.contains("token=***") && since.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        log = s.stderr_tail();
+    }
     assert!(log.contains("token=***"), "{log}");
     for secret in ["alice-all", "alicepw"] {
         assert!(!log.contains(secret), "{secret} in the log");

@@ -146,9 +146,7 @@ async fn handle(
     kill: CancellationToken,
     req: Request<Body>,
 ) -> Response<Metered> {
-    let start = Instant::now();
     let method = req.method().clone();
-    let target = loggable(req.uri());
     let raw_path = req.uri().path().to_string();
     let segs: Vec<&str> = raw_path.split('/').filter(|s| !s.is_empty()).collect();
     let path = format!("/{}", segs.join("/"));
@@ -157,31 +155,68 @@ async fn handle(
     let mut meter = Meter {
         app: app.clone(),
         method: method.clone(),
-        target,
+        target: loggable(req.uri()),
         status: StatusCode::OK,
-        start,
+        start: Instant::now(),
         quiet: is_hook,
         count_bytes: false,
         truncate_at: None,
         corrupt_at: None,
     };
+    // The test hooks wrap the registry: counters and injected faults
+    // before it, the first-upload tracking around it.
+    let action = match (&app.hooks, is_hook) {
+        (Some(h), false) => observe(h, side, &segs, &path, &req, &mut meter),
+        _ => None,
+    };
+    let req = match inject(action, req, &mut meter, &kill).await {
+        Ok(req) => req,
+        Err(resp) => return meter.wrap(resp),
+    };
+    let mut resp = dispatch(&app, side, req, &segs, &path).await;
+    if !app.profile.total_count {
+        // As the proxy that `--no-total-count` imitates: on every answer.
+        resp.headers_mut().remove("x-total-count");
+    }
+    meter.wrap(resp)
+}
 
-    let mut action = None;
-    if let (Some(h), false) = (&app.hooks, is_hook) {
-        Stats::bump(&h.stats.requests, 1);
-        if let Some(c) = counter(&h.stats, side, &segs, &method) {
-            Stats::bump(c, 1);
-            if method == Method::PUT {
-                h.note_put(req.headers());
-            }
-        }
-        meter.count_bytes = method == Method::GET
-            && (side == Side::Direct || matches!(segs[..], ["api", "packages", _, _, _, _, _]));
-        if side == Side::Direct || segs.first() == Some(&"api") {
-            let decoded = percent_encoding::percent_decode_str(&path).decode_utf8_lossy();
-            action = h.take_fault(&method, &path, &decoded);
+/// Test hooks, before routing: counts the request and takes the fault
+/// armed for it, if any.
+fn observe(
+    h: &hooks::Hooks,
+    side: Side,
+    segs: &[&str],
+    path: &str,
+    req: &Request<Body>,
+    meter: &mut Meter,
+) -> Option<Action> {
+    let method = req.method();
+    Stats::bump(&h.stats.requests, 1);
+    if let Some(c) = counter(&h.stats, side, segs, method) {
+        Stats::bump(c, 1);
+        if method == Method::PUT {
+            h.note_put(req.headers());
         }
     }
+    meter.count_bytes = method == Method::GET
+        && (side == Side::Direct || matches!(segs[..], ["api", "packages", _, _, _, _, _]));
+    if side == Side::Direct || segs.first() == Some(&"api") {
+        let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        return h.take_fault(method, path, &decoded);
+    }
+    None
+}
+
+/// Applies an injected fault: an answer instead of the registry's
+/// (`Err`), a delay, a connection dropped mid-request, or a body to cut or
+/// corrupt as it is sent (`Ok`: go on to the registry).
+async fn inject(
+    action: Option<Action>,
+    req: Request<Body>,
+    meter: &mut Meter,
+    kill: &CancellationToken,
+) -> Result<Request<Body>, Response<Body>> {
     match action {
         Some(Action::Status(status, retry_after)) => {
             let mut r = respond::text(status, "injected fault");
@@ -189,10 +224,11 @@ async fn handle(
                 r.headers_mut()
                     .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
             }
-            return meter.wrap(r);
+            return Err(r);
         }
         Some(Action::Delay(d)) => tokio::time::sleep(d).await,
-        Some(Action::Drop { after_bytes }) if method != Method::GET => {
+        Some(Action::Drop { after_bytes }) if req.method() != Method::GET => {
+            let method = req.method().clone();
             let mut body = req.into_body();
             let mut got = 0u64;
             while got < after_bytes {
@@ -213,47 +249,49 @@ async fn handle(
         Some(Action::Corrupt { after_bytes }) => meter.corrupt_at = Some(after_bytes),
         None => {}
     }
+    Ok(req)
+}
 
-    let resp = if !segs.iter().all(|s| valid_escapes(s)) {
-        respond::text(
+/// The registry itself: escapes checked, segments decoded, routed; a
+/// first upload into a version is tracked for the test hooks.
+async fn dispatch(
+    app: &App,
+    side: Side,
+    req: Request<Body>,
+    segs: &[&str],
+    path: &str,
+) -> Response<Body> {
+    if !segs.iter().all(|s| valid_escapes(s)) {
+        return respond::text(
             StatusCode::BAD_REQUEST,
             "400 Bad Request: invalid URL escape",
-        )
-    } else {
-        let decoded: Option<Vec<String>> = segs
-            .iter()
-            .map(|s| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8()
-                    .ok()
-                    .map(|c| c.into_owned())
-            })
-            .collect();
-        match decoded {
-            None => respond::not_found(),
-            Some(decoded) => {
-                let put_into = match (&app.hooks, side, &decoded[..]) {
-                    (Some(h), Side::Main, [a, p, o, _, n, v, _])
-                        if method == Method::PUT && a == "api" && p == "packages" =>
-                    {
-                        Some(h.put_started(format!("{o}/{n}/{v}").to_lowercase()))
-                    }
-                    _ => None,
-                };
-                let r = route(&app, side, req, &segs, &decoded, &path).await;
-                if let Some(g) = put_into {
-                    g.done(r.status() == StatusCode::CREATED);
-                }
-                r
-            }
-        }
-    };
-    let mut resp = resp;
-    if !app.profile.total_count {
-        // As the proxy that `--no-total-count` imitates: on every answer.
-        resp.headers_mut().remove("x-total-count");
+        );
     }
-    meter.wrap(resp)
+    let decoded: Option<Vec<String>> = segs
+        .iter()
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .ok()
+                .map(|c| c.into_owned())
+        })
+        .collect();
+    let Some(decoded) = decoded else {
+        return respond::not_found();
+    };
+    let put_into = match (&app.hooks, side, &decoded[..]) {
+        (Some(h), Side::Main, [a, p, o, _, n, v, _])
+            if req.method() == Method::PUT && a == "api" && p == "packages" =>
+        {
+            Some(h.put_started(format!("{o}/{n}/{v}").to_lowercase()))
+        }
+        _ => None,
+    };
+    let r = route(app, side, req, segs, &decoded, path).await;
+    if let Some(g) = put_into {
+        g.done(r.status() == StatusCode::CREATED);
+    }
+    r
 }
 
 async fn route(
