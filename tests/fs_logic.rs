@@ -253,10 +253,19 @@ impl TestFs {
     }
 
     /// Files left in the write spool.
+    /// Files in `spool/`, once the cache's janitor thread (which deletes
+    /// given-up spools) has caught up: up to 2 s for it to reach 0.
     fn spool_files(&self) -> usize {
-        std::fs::read_dir(self.cache_dir.path().join("spool"))
-            .expect("spool dir")
-            .count()
+        let count = || {
+            std::fs::read_dir(self.cache_dir.path().join("spool"))
+                .expect("spool dir")
+                .count()
+        };
+        let since = std::time::Instant::now();
+        while count() > 0 && since.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        count()
     }
 }
 

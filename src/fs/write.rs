@@ -175,7 +175,8 @@ impl Fs {
         let ino = {
             let mut tree = lock(&self.tree);
             if let Some(existing) = tree.child(parent, name) {
-                self.cache.delete_later(spool.path.clone());
+                // Just created, empty: deleting it costs nothing.
+                let _ = std::fs::remove_file(&spool.path);
                 return Err(err!(
                     Exists,
                     "{}: already published; published files cannot be replaced",
