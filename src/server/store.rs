@@ -331,60 +331,12 @@ impl Store {
         let tx = conn.transaction()?;
         let now = now_unix();
         let package_id = ensure_package(&tx, new.owner_id, new.name, now)?;
-        let lower_version = new.version.to_lowercase();
-        let existing: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM versions WHERE package_id = ?1 AND lower_version = ?2",
-                params![package_id, lower_version],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let version_id = match existing {
-            Some(_) if limits.legacy_duplicates => return Ok(PutOutcome::VersionExists),
-            Some(id) => id,
-            None => {
-                tx.execute(
-                    "INSERT INTO versions (package_id, version, lower_version, creator_id, created_unix)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![package_id, new.version, lower_version, new.creator_id, now],
-                )?;
-                if let Some(max) = limits.max_owner_count {
-                    let count: i64 = tx.query_row(
-                        "SELECT COUNT(*) FROM versions v JOIN packages p ON p.id = v.package_id
-                         WHERE p.owner_id = ?1",
-                        [new.owner_id],
-                        |r| r.get(0),
-                    )?;
-                    if count as u64 > max {
-                        return Ok(PutOutcome::Quota("maximum allowed package count exceeded"));
-                    }
-                }
-                tx.last_insert_rowid()
-            }
+        let version_id = match version_for_put(&tx, new, package_id, limits, now)? {
+            Ok(id) => id,
+            Err(refused) => return Ok(refused),
         };
-        if limits
-            .max_file_size
-            .is_some_and(|max| upload.blob.size > max)
-        {
-            return Ok(PutOutcome::Quota(
-                "maximum allowed package type size exceeded",
-            ));
-        }
-        if let Some(max) = limits.max_owner_size {
-            let total: i64 = tx.query_row(
-                "SELECT COALESCE(SUM(b.size), 0) FROM files f
-                 JOIN blobs b ON b.id = f.blob_id
-                 JOIN versions v ON v.id = f.version_id
-                 JOIN packages p ON p.id = v.package_id
-                 WHERE p.owner_id = ?1",
-                [new.owner_id],
-                |r| r.get(0),
-            )?;
-            if (total as u64).saturating_add(upload.blob.size) > max {
-                return Ok(PutOutcome::Quota(
-                    "maximum allowed package storage quota exceeded",
-                ));
-            }
+        if let Some(refused) = size_quota(&tx, new, upload.blob.size, limits)? {
+            return Ok(refused);
         }
         let lower_file = new.filename.to_lowercase();
         let taken: bool = tx.query_row(
@@ -395,39 +347,7 @@ impl Store {
         if taken {
             return Ok(PutOutcome::FileExists);
         }
-        let blob = &upload.blob;
-        let blob_id: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM blobs WHERE sha256 = ?1",
-                [&blob.sha256],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let mut placed = None;
-        let blob_id = match blob_id {
-            Some(id) => id,
-            None => {
-                let path = self.blob_path(&blob.sha256);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                upload.file.persist(&path)?;
-                placed = Some(path);
-                tx.execute(
-                    "INSERT INTO blobs (sha256, size, md5, sha1, sha512, created_unix)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        blob.sha256,
-                        blob.size as i64,
-                        blob.md5,
-                        blob.sha1,
-                        blob.sha512,
-                        now
-                    ],
-                )?;
-                tx.last_insert_rowid()
-            }
-        };
+        let (blob_id, placed) = self.blob_for_put(&tx, upload, now)?;
         tx.execute(
             "INSERT INTO files (version_id, blob_id, name, lower_name, created_unix)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -440,6 +360,46 @@ impl Store {
             return Err(e.into());
         }
         Ok(PutOutcome::Created)
+    }
+
+    /// The blob row of an upload: the existing one with its sha256, or the
+    /// upload's file moved into the store (its path, to remove if the
+    /// transaction fails) and a new row.
+    fn blob_for_put(
+        &self,
+        tx: &Transaction<'_>,
+        upload: Uploaded,
+        now: i64,
+    ) -> anyhow::Result<(i64, Option<PathBuf>)> {
+        let blob = &upload.blob;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM blobs WHERE sha256 = ?1",
+                [&blob.sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok((id, None));
+        }
+        let path = self.blob_path(&blob.sha256);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        upload.file.persist(&path)?;
+        tx.execute(
+            "INSERT INTO blobs (sha256, size, md5, sha1, sha512, created_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                blob.sha256,
+                blob.size as i64,
+                blob.md5,
+                blob.sha1,
+                blob.sha512,
+                now
+            ],
+        )?;
+        Ok((tx.last_insert_rowid(), Some(path)))
     }
 
     /// Deletes one file; the version goes with its last file.
@@ -719,6 +679,82 @@ fn ensure_package(
         params![owner_id, name, name.to_lowercase(), now],
     )?;
     Ok(tx.last_insert_rowid())
+}
+
+/// The version an upload goes into: the existing one, or a new one
+/// within the owner's package-count quota. `Err` is the refusal: Gitea
+/// 1.17's one file per version, or the quota.
+fn version_for_put(
+    tx: &Transaction<'_>,
+    new: &NewFile<'_>,
+    package_id: i64,
+    limits: &Limits,
+    now: i64,
+) -> anyhow::Result<Result<i64, PutOutcome>> {
+    let lower_version = new.version.to_lowercase();
+    let existing: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM versions WHERE package_id = ?1 AND lower_version = ?2",
+            params![package_id, lower_version],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match existing {
+        Some(_) if limits.legacy_duplicates => return Ok(Err(PutOutcome::VersionExists)),
+        Some(id) => return Ok(Ok(id)),
+        None => {}
+    }
+    tx.execute(
+        "INSERT INTO versions (package_id, version, lower_version, creator_id, created_unix)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![package_id, new.version, lower_version, new.creator_id, now],
+    )?;
+    if let Some(max) = limits.max_owner_count {
+        let count: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM versions v JOIN packages p ON p.id = v.package_id
+             WHERE p.owner_id = ?1",
+            [new.owner_id],
+            |r| r.get(0),
+        )?;
+        if count as u64 > max {
+            return Ok(Err(PutOutcome::Quota(
+                "maximum allowed package count exceeded",
+            )));
+        }
+    }
+    Ok(Ok(tx.last_insert_rowid()))
+}
+
+/// The size quotas (per file, per owner) for an upload of `size` bytes:
+/// the refusal, if any.
+fn size_quota(
+    tx: &Transaction<'_>,
+    new: &NewFile<'_>,
+    size: u64,
+    limits: &Limits,
+) -> anyhow::Result<Option<PutOutcome>> {
+    if limits.max_file_size.is_some_and(|max| size > max) {
+        return Ok(Some(PutOutcome::Quota(
+            "maximum allowed package type size exceeded",
+        )));
+    }
+    if let Some(max) = limits.max_owner_size {
+        let total: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(b.size), 0) FROM files f
+             JOIN blobs b ON b.id = f.blob_id
+             JOIN versions v ON v.id = f.version_id
+             JOIN packages p ON p.id = v.package_id
+             WHERE p.owner_id = ?1",
+            [new.owner_id],
+            |r| r.get(0),
+        )?;
+        if (total as u64).saturating_add(size) > max {
+            return Ok(Some(PutOutcome::Quota(
+                "maximum allowed package storage quota exceeded",
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Deletes versions with their files; returns the SHA-256 of blobs that
