@@ -116,11 +116,8 @@ impl Fs {
                 return Err(missing());
             }
         }
-        let versions = match self.client.list_versions(&owner.owner, name).await {
-            Ok(v) => v,
-            Err(registry::Error::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
+        let versions =
+            registry::empty_if_absent(self.client.list_versions(&owner.owner, name).await)?;
         let mut tree = lock(&self.tree);
         let Some(oldest) = versions.last() else {
             if tree.child(owner.ino, name).is_some_and(|n| !n.local) {
@@ -213,23 +210,17 @@ impl Fs {
                 self.apply_owner_listing(dir.ino, packages);
             }
             Kind::Package => {
-                let versions = match self.client.list_versions(&dir.owner, &dir.name).await {
-                    Ok(v) => v,
-                    Err(registry::Error::NotFound(_)) => Vec::new(),
-                    Err(e) => return Err(e.into()),
-                };
+                let versions = registry::empty_if_absent(
+                    self.client.list_versions(&dir.owner, &dir.name).await,
+                )?;
                 lock(&self.tree).set_children(dir.ino, version_specs(&versions));
             }
             Kind::Version => {
-                let files = match self
-                    .client
-                    .list_files(&dir.owner, &dir.name, &dir.version)
-                    .await
-                {
-                    Ok(f) => f,
-                    Err(registry::Error::NotFound(_)) => Vec::new(),
-                    Err(e) => return Err(e.into()),
-                };
+                let files = registry::empty_if_absent(
+                    self.client
+                        .list_files(&dir.owner, &dir.name, &dir.version)
+                        .await,
+                )?;
                 // A file without a trustworthy size and sha256 is listed,
                 // sha256-less: opening it fails with EIO (see `open`).
                 let specs = files

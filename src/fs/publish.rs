@@ -327,15 +327,11 @@ impl Fs {
     /// The registry's entry for `fref` in its version's listing (`None`
     /// when the version or the file is not listed).
     async fn listed_file(&self, fref: &FileRef) -> registry::Result<Option<registry::FileEntry>> {
-        let files = match self
-            .client
-            .list_files(&fref.owner, &fref.name, &fref.version)
-            .await
-        {
-            Ok(f) => f,
-            Err(registry::Error::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let files = registry::empty_if_absent(
+            self.client
+                .list_files(&fref.owner, &fref.name, &fref.version)
+                .await,
+        )?;
         let lower = fref.file.to_lowercase();
         Ok(files.into_iter().find(|f| f.name.to_lowercase() == lower))
     }

@@ -21,6 +21,15 @@ pub use transfer::{validate_ref, Download, FileRef, Sent};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A listing whose directory is gone (404) is an empty listing: the
+/// registry has no empty versions or packages, so absent means no entries.
+pub fn empty_if_absent<T>(r: Result<Vec<T>>) -> Result<Vec<T>> {
+    match r {
+        Err(Error::NotFound(_)) => Ok(Vec::new()),
+        r => r,
+    }
+}
+
 /// How to reach and authenticate to the registry.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -194,7 +194,13 @@ impl Fetch {
         // body must not hold it (the download goes on for later reads).
         let deadline = tokio::time::Instant::now() + stall;
         let mut rx = self.progress.subscribe();
-        let err_gen = self.lock().err_gen;
+        // A read that would wait within FAIL_FAST of another read giving up
+        // fails at once (decided once, when the read starts).
+        let (err_gen, gave_up_ago) = {
+            let st = self.lock();
+            let ago = st.timed_out.map(|t| t.elapsed()).filter(|a| *a < FAIL_FAST);
+            (st.err_gen, ago)
+        };
         loop {
             let step = self.plan(offset..end, err_gen)?;
             match step {
@@ -210,12 +216,7 @@ impl Fetch {
                 }
                 Step::Wait => {
                     tracing::trace!(offset, "read waits for data");
-                    let recent = self
-                        .lock()
-                        .timed_out
-                        .filter(|t| t.elapsed() < FAIL_FAST)
-                        .map(|t| t.elapsed());
-                    if let Some(ago) = recent {
+                    if let Some(ago) = gave_up_ago {
                         return Err(err!(Io, "{}: a read gave up waiting for bytes {} ms ago and they still have not arrived",
                                 self.what(),
                                 ago.as_millis()));
