@@ -1,26 +1,45 @@
 //! File handles: `open` (a cached blob, a shared download or a file being
 //! written), `read`, `release`, and what the FUSE adapter may do with a
-//! handle's file (passthrough, page cache). State: `handles`, `fetches`.
+//! handle's file (passthrough, page cache). Its state: [`Handles`], and
+//! the running downloads it shares (`Fs::fetches`).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use super::error::{err, ErrorKind, FsError, FsResult};
 use super::fetch::Fetch;
+use super::locks::Ordered;
 use super::tree::{Ino, Kind, Node};
-use super::{lock, Fs, Handle, Opener};
+use super::{Fs, Handle, Opener};
 use crate::cache::Hit;
+
+/// The open file and directory handles, by number.
+pub(super) struct Handles {
+    pub(super) table: Ordered<HashMap<u64, Arc<Handle>>>,
+    pub(super) next_fh: AtomicU64,
+}
+
+impl Handles {
+    pub(super) fn new() -> Handles {
+        Handles {
+            table: Ordered::default(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+}
 
 impl Fs {
     pub(super) fn add_handle(&self, h: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, Arc::new(h));
+        let fh = self.handles.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.table.lock().insert(fh, Arc::new(h));
         fh
     }
 
     pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        lock(&self.handles)
+        self.handles
+            .table
+            .lock()
             .get(&fh)
             .cloned()
             .ok_or_else(|| err!(BadHandle, "unknown handle {fh}"))
@@ -29,7 +48,7 @@ impl Fs {
     /// Closes a file or directory handle. The last handle of a file being
     /// written may publish it (see `write`).
     pub async fn release(&self, fh: u64) {
-        let handle = lock(&self.handles).remove(&fh);
+        let handle = self.handles.table.lock().remove(&fh);
         let writer = match handle.as_deref() {
             Some(Handle::Write(w, _)) => Some(Arc::clone(w)),
             _ => None,
@@ -100,9 +119,9 @@ impl Fs {
     /// answered): list its version again.
     async fn relisted(&self, node: &Node) -> FsResult<Node> {
         let parent = self.node(node.parent)?;
-        lock(&self.tree).invalidate(parent.ino);
+        self.tree.lock().invalidate(parent.ino);
         self.ensure_listing(&parent).await?;
-        let fresh = lock(&self.tree).child(parent.ino, &node.file).cloned();
+        let fresh = self.tree.lock().child(parent.ino, &node.file).cloned();
         fresh
             .filter(|n| crate::cache::is_sha256(&n.sha256))
             .ok_or_else(|| {
@@ -134,7 +153,8 @@ impl Fs {
     /// The sha256 of published file `ino` (`None` for directories and
     /// files not published yet): its content, which never changes.
     pub fn content_id(&self, ino: Ino) -> Option<String> {
-        lock(&self.tree)
+        self.tree
+            .lock()
             .get(ino)
             .filter(|n| n.kind == Kind::File && !n.local && !n.sha256.is_empty())
             .map(|n| n.sha256.clone())
@@ -151,7 +171,7 @@ impl Fs {
                 .and_then(Weak::upgrade)
                 .filter(|f| !f.is_bad())
         };
-        if let Some(f) = shared(&mut lock(&self.fetches)) {
+        if let Some(f) = shared(&mut self.fetches.lock()) {
             return Ok(f);
         }
         let (client, cache) = (Arc::clone(&self.client), Arc::clone(&self.cache));
@@ -162,7 +182,7 @@ impl Fs {
         })
         .await
         .map_err(|e| err!(Io, "starting a download: {e}"))??;
-        let mut fetches = lock(&self.fetches);
+        let mut fetches = self.fetches.lock();
         // Another open may have started the same download meanwhile.
         if let Some(other) = shared(&mut fetches) {
             return Ok(other);

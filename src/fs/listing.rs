@@ -1,31 +1,62 @@
 //! The namespace: resolving names (`lookup`), the listings behind each
 //! directory with their TTL, positive and negative probes of owners and
 //! packages not listed, one listing fetch per directory at a time, and
-//! directory handles (`opendir`/`readdir`). State: `tree`, `probed`,
-//! `listing_locks`, `dir_seen`, `login`.
+//! directory handles (`opendir`/`readdir`). Its state, besides the tree:
+//! [`Listings`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::error::{ErrorKind, FsError, FsResult};
+use super::locks::{Ordered, Rank};
 use super::tree::{ChildSpec, Ino, Kind, Node, ROOT_INO};
-use super::{lock, parse_time, Attr, DirEntry, Fs, Handle, OpenDir, Package, MAX_PROBED};
+use super::{parse_time, Attr, DirEntry, Fs, Handle, OpenDir, Package};
 use crate::protocol::validate::client_version_ok;
 use crate::registry;
+
+/// Remembered probes beyond which expired absent names are pruned.
+const MAX_PROBED: usize = 4096;
+
+/// What the namespace remembers besides the tree.
+pub(super) struct Listings {
+    /// One listing fetch per directory at a time: the lock of each
+    /// directory being (or lately) fetched.
+    pub(super) fetching: Ordered<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
+    /// Names that lookups asked the registry about because no cached
+    /// listing showed them, lowercased: owners (`owner`) and packages
+    /// (`owner\0package`), whether they exist, and when that was learnt.
+    pub(super) probes: Ordered<HashMap<String, (Instant, bool)>>,
+    /// Login of the token's user, if any.
+    pub(super) login: Ordered<Option<String>>,
+    /// Per directory, a fingerprint of the entries the last `opendir`
+    /// gave out: while it holds, the kernel's cached listing is current.
+    pub(super) dir_seen: Ordered<HashMap<Ino, u64>>,
+}
+
+impl Listings {
+    pub(super) fn new() -> Listings {
+        Listings {
+            fetching: Ordered::default(),
+            probes: Ordered::new(Rank::Probes, HashMap::new()),
+            login: Ordered::default(),
+            dir_seen: Ordered::default(),
+        }
+    }
+}
 
 impl Fs {
     /// Finds `name` in directory `parent`.
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
         let pnode = self.lookup_parent(parent, name)?;
-        let cached = lock(&self.tree).is_fresh(parent, self.config.metadata_ttl);
+        let cached = self.tree.lock().is_fresh(parent, self.config.metadata_ttl);
         if pnode.kind == Kind::Owner && !pnode.local && !cached {
             return self.lookup_package(&pnode, name).await;
         }
         if pnode.kind == Kind::Root && !cached {
             // The token's user and --owner names are in the root listing
             // by definition: no need to fetch it to resolve them.
-            let login = lock(&self.login).clone();
+            let login = self.listings.login.lock().clone();
             let known = login
                 .iter()
                 .chain(&self.config.owners)
@@ -35,7 +66,7 @@ impl Fs {
             }
         }
         self.ensure_listing(&pnode).await?;
-        if let Some(n) = lock(&self.tree).child(parent, name) {
+        if let Some(n) = self.tree.lock().child(parent, name) {
             return Ok(self.attr_of(n));
         }
         if pnode.kind == Kind::Root && self.probe_owner(name).await? {
@@ -54,7 +85,7 @@ impl Fs {
             Ok(n) => n,
             Err(e) => return Some(Err(e)),
         };
-        let tree = lock(&self.tree);
+        let tree = self.tree.lock();
         if !tree.is_fresh(pnode.ino, self.config.metadata_ttl) {
             return None;
         }
@@ -90,7 +121,7 @@ impl Fs {
             size: 0,
             sha256: String::new(),
         };
-        let mut tree = lock(&self.tree);
+        let mut tree = self.tree.lock();
         let ino = tree.add_child(ROOT_INO, spec, false)?;
         tree.get(ino).map(|n| self.attr_of(n))
     }
@@ -102,7 +133,7 @@ impl Fs {
     async fn lookup_package(&self, owner: &Node, name: &str) -> FsResult<Attr> {
         let ttl = self.config.metadata_ttl;
         {
-            let tree = lock(&self.tree);
+            let tree = self.tree.lock();
             if let Some(n) = tree.child(owner.ino, name) {
                 if n.local || tree.is_fresh(n.ino, ttl) {
                     return Ok(self.attr_of(n));
@@ -111,14 +142,14 @@ impl Fs {
         }
         let missing = || FsError::not_found(format!("{}/{name}", owner.path()));
         let key = format!("{}\0{name}", owner.owner).to_lowercase();
-        if let Some((at, _)) = lock(&self.probed).get(&key).copied() {
+        if let Some((at, _)) = self.listings.probes.lock().get(&key).copied() {
             if at.elapsed() < self.negative_ttl() {
                 return Err(missing());
             }
         }
         let versions =
             registry::empty_if_absent(self.client.list_versions(&owner.owner, name).await)?;
-        let mut tree = lock(&self.tree);
+        let mut tree = self.tree.lock();
         let Some(oldest) = versions.last() else {
             if tree.child(owner.ino, name).is_some_and(|n| !n.local) {
                 tree.remove_child(owner.ino, name); // deleted meanwhile
@@ -126,7 +157,7 @@ impl Fs {
             self.note_probe(key, false);
             return Err(missing());
         };
-        lock(&self.probed).remove(&key);
+        self.listings.probes.lock().remove(&key);
         // As in the owner listing: the spelling of the first upload, the
         // time of the newest version.
         let mtime = versions
@@ -151,7 +182,7 @@ impl Fs {
     /// remembered for the metadata TTL (negative answers briefly).
     async fn probe_owner(&self, name: &str) -> FsResult<bool> {
         let key = name.to_lowercase();
-        if let Some((at, exists)) = lock(&self.probed).get(&key).copied() {
+        if let Some((at, exists)) = self.listings.probes.lock().get(&key).copied() {
             let ttl = if exists {
                 self.config.metadata_ttl
             } else {
@@ -170,7 +201,7 @@ impl Fs {
     /// TTL and are pruned once there are many of them: a build probing
     /// ever new names must not grow the daemon.
     fn note_probe(&self, key: String, exists: bool) {
-        let mut probed = lock(&self.probed);
+        let mut probed = self.listings.probes.lock();
         if probed.len() >= MAX_PROBED {
             let ttl = self.negative_ttl();
             probed.retain(|_, (at, exists)| *exists || at.elapsed() < ttl);
@@ -183,18 +214,23 @@ impl Fs {
     }
 
     fn listing_lock(&self, ino: Ino) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.listing_locks).entry(ino).or_default().clone()
+        self.listings
+            .fetching
+            .lock()
+            .entry(ino)
+            .or_default()
+            .clone()
     }
 
     /// Fetches a directory's listing unless a fresh one is cached.
     pub(super) async fn ensure_listing(&self, dir: &Node) -> FsResult<()> {
         let ttl = self.config.metadata_ttl;
-        if lock(&self.tree).is_fresh(dir.ino, ttl) {
+        if self.tree.lock().is_fresh(dir.ino, ttl) {
             return Ok(());
         }
         let guard = self.listing_lock(dir.ino);
         let _held = guard.lock().await;
-        if lock(&self.tree).is_fresh(dir.ino, ttl) {
+        if self.tree.lock().is_fresh(dir.ino, ttl) {
             return Ok(()); // fetched while we waited
         }
         if dir.local {
@@ -203,7 +239,7 @@ impl Fs {
         match dir.kind {
             Kind::Root => {
                 let specs = self.root_listing(dir.mtime).await?;
-                lock(&self.tree).set_children(ROOT_INO, specs);
+                self.tree.lock().set_children(ROOT_INO, specs);
             }
             Kind::Owner => {
                 let packages = self.client.list_owner_packages(&dir.owner).await?;
@@ -213,7 +249,9 @@ impl Fs {
                 let versions = registry::empty_if_absent(
                     self.client.list_versions(&dir.owner, &dir.name).await,
                 )?;
-                lock(&self.tree).set_children(dir.ino, version_specs(&versions));
+                self.tree
+                    .lock()
+                    .set_children(dir.ino, version_specs(&versions));
             }
             Kind::Version => {
                 let files = registry::empty_if_absent(
@@ -238,7 +276,7 @@ impl Fs {
                         }
                     })
                     .collect();
-                lock(&self.tree).set_children(dir.ino, specs);
+                self.tree.lock().set_children(dir.ino, specs);
             }
             Kind::File => {}
         }
@@ -249,7 +287,7 @@ impl Fs {
     /// owners found by lookup.
     async fn root_listing(&self, mtime: SystemTime) -> FsResult<Vec<ChildSpec>> {
         let mut names: Vec<String> = Vec::new();
-        let login = lock(&self.login).clone();
+        let login = self.listings.login.lock().clone();
         if let Some(login) = login {
             names.push(login);
             match self.client.user_orgs().await {
@@ -262,12 +300,14 @@ impl Fs {
         }
         names.extend(self.config.owners.iter().cloned());
         let probed: Vec<String> = {
-            let tree = lock(&self.tree);
+            let tree = self.tree.lock();
             tree.children(ROOT_INO)
                 .into_iter()
                 .map(|(_, _, n)| n)
                 .filter(|n| {
-                    lock(&self.probed)
+                    self.listings
+                        .probes
+                        .lock()
                         .get(&n.to_lowercase())
                         .is_some_and(|p| p.1)
                 })
@@ -316,7 +356,7 @@ impl Fs {
             }
             by_name.entry(key).or_default().push(p);
         }
-        let mut tree = lock(&self.tree);
+        let mut tree = self.tree.lock();
         let specs = order
             .iter()
             .map(|key| {
@@ -359,7 +399,10 @@ impl Fs {
             Ok(n) => n,
             Err(e) => return Some(Err(e)),
         };
-        let fresh = lock(&self.tree).is_fresh(node.ino, self.config.metadata_ttl);
+        let fresh = self
+            .tree
+            .lock()
+            .is_fresh(node.ino, self.config.metadata_ttl);
         fresh.then(|| Ok(self.open_listed_dir(ino)))
     }
 
@@ -372,7 +415,9 @@ impl Fs {
     }
 
     fn open_listed_dir(&self, ino: Ino) -> OpenDir {
-        let entries: Vec<DirEntry> = lock(&self.tree)
+        let entries: Vec<DirEntry> = self
+            .tree
+            .lock()
             .children(ino)
             .into_iter()
             .map(|(ino, kind, name)| DirEntry {
@@ -389,7 +434,7 @@ impl Fs {
             }
             h.finish()
         };
-        let unchanged = lock(&self.dir_seen).insert(ino, print) == Some(print);
+        let unchanged = self.listings.dir_seen.lock().insert(ino, print) == Some(print);
         OpenDir {
             fh: self.add_handle(Handle::Dir(entries)),
             unchanged,

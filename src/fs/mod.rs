@@ -18,18 +18,13 @@
 //! (`Cache::delete_later`). Positioned writes into the cache file and the
 //! spool, and renames into the cache, are short and stay inline.
 //!
-//! Locks. The async locks (`listing_locks` per directory, `version_locks`
-//! per new version, `Writer::publishing`) may be held across requests and
-//! are always taken before any std mutex. A std mutex is never held
-//! across an `.await`, disk I/O or eviction, and two are nested only in
-//! this order: `tree` → `probed`; `tree` → `writers` → a writer's `state`.
-//! Every other std mutex (`handles`, `dir_seen`, `fetches`, `login`, a
-//! fetch's state, the cache index) is taken alone.
+//! Locks: the order, and its debug-build check, are in `locks`.
 
 mod error;
 mod fetch;
 mod handles;
 mod listing;
+mod locks;
 mod process;
 mod publish;
 mod spool;
@@ -39,9 +34,8 @@ mod write;
 mod writer;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 use error::err;
 pub use error::{errno_name, ErrorKind, FsError, FsResult};
@@ -51,9 +45,12 @@ use crate::cache::Cache;
 use crate::registry::PackageVersion as Package;
 use crate::registry::Registry;
 use fetch::Fetch;
+use handles::Handles;
+use listing::Listings;
+use locks::{Ordered, Rank};
 pub use process::Opener;
 use tree::{Node, Tree};
-use writer::Writer;
+use writer::{Writer, Writers};
 
 /// Settings of the filesystem layer.
 #[derive(Debug, Clone)]
@@ -147,31 +144,23 @@ enum Handle {
     Write(Arc<Writer>, Opener),
 }
 
-/// Remembered probes beyond which expired absent names are pruned.
-const MAX_PROBED: usize = 4096;
-
-/// The mounted filesystem.
+/// The mounted filesystem: the shared inode table, and one part per
+/// concern, each owning its state (the lock order is in `locks`).
 pub struct Fs {
     client: Arc<dyn Registry>,
     cache: Arc<Cache>,
     config: FsConfig,
-    tree: Mutex<Tree>,
-    /// One listing fetch per directory at a time.
-    listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
-    /// Owners found by lookup (not in the root listing): name and when.
-    probed: Mutex<HashMap<String, (Instant, bool)>>,
-    /// Login of the token's user, if any.
-    login: Mutex<Option<String>>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    /// Per directory, a fingerprint of the entries the last `opendir`
-    /// gave out: while it holds, the kernel's cached listing is current.
-    dir_seen: Mutex<HashMap<Ino, u64>>,
-    next_fh: AtomicU64,
-    fetches: Mutex<HashMap<String, Weak<Fetch>>>,
-    /// Files being written, by inode.
-    writers: Mutex<HashMap<Ino, Arc<Writer>>>,
-    /// Serialises the first uploads into a new version.
-    version_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The inode table every part reads: names, kinds, sizes, hashes.
+    tree: Ordered<Tree>,
+    /// What the namespace remembers besides the tree (`listing`).
+    listings: Listings,
+    /// Open file and directory handles (`handles`).
+    handles: Handles,
+    /// Downloads in flight, by blob, shared by the handles reading them
+    /// (`fetch`).
+    fetches: Ordered<HashMap<String, Weak<Fetch>>>,
+    /// Files being written and the first-upload locks (`writer`).
+    writers: Writers,
     invalidator: std::sync::OnceLock<Box<dyn Invalidate>>,
     /// Where streamed uploads run (they start from a FUSE thread's write).
     rt: tokio::runtime::Handle,
@@ -180,10 +169,6 @@ pub struct Fs {
 /// What a syscall may take beyond `--timeout`, for local work around the
 /// requests (see [`Fs::bounded`]).
 const SYSCALL_MARGIN: Duration = Duration::from_millis(500);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `created_at` (RFC 3339) as a time; the epoch if unparsable.
 fn parse_time(s: &str) -> SystemTime {
@@ -205,16 +190,11 @@ impl Fs {
             client,
             cache,
             config,
-            tree: Mutex::new(Tree::new(SystemTime::now())),
-            listing_locks: Mutex::new(HashMap::new()),
-            probed: Mutex::new(HashMap::new()),
-            login: Mutex::new(None),
-            handles: Mutex::new(HashMap::new()),
-            dir_seen: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            fetches: Mutex::new(HashMap::new()),
-            writers: Mutex::new(HashMap::new()),
-            version_locks: Mutex::new(HashMap::new()),
+            tree: Ordered::new(Rank::Tree, Tree::new(SystemTime::now())),
+            listings: Listings::new(),
+            handles: Handles::new(),
+            fetches: Ordered::new(Rank::Fetches, HashMap::new()),
+            writers: Writers::new(),
             invalidator: std::sync::OnceLock::new(),
             rt,
         }
@@ -261,7 +241,7 @@ impl Fs {
 
     /// Records who the token belongs to (checked at mount time).
     pub fn set_login(&self, login: Option<String>) {
-        *lock(&self.login) = login;
+        *self.listings.login.lock() = login;
     }
 
     fn attr_of(&self, n: &Node) -> Attr {
@@ -285,7 +265,8 @@ impl Fs {
     }
 
     fn node(&self, ino: Ino) -> FsResult<Node> {
-        lock(&self.tree)
+        self.tree
+            .lock()
             .get(ino)
             .cloned()
             .ok_or_else(|| FsError::not_found(format!("inode {ino} is unknown")))
@@ -294,24 +275,24 @@ impl Fs {
     /// The kernel was given an entry for `ino`: it may use the inode until
     /// it forgets it (`forget`), even after the name is gone.
     pub fn remember(&self, ino: Ino) {
-        lock(&self.tree).looked_up(ino);
+        self.tree.lock().looked_up(ino);
     }
 
     /// The kernel dropped `n` references to `ino`: a node no directory
     /// lists any more goes, with the per-directory state of what went.
     pub fn forget(&self, ino: Ino, n: u64) {
         let reaped = {
-            let mut tree = lock(&self.tree);
+            let mut tree = self.tree.lock();
             tree.forget(ino, n);
             tree.take_reaped()
         };
         if !reaped.is_empty() {
-            let mut seen = lock(&self.dir_seen);
+            let mut seen = self.listings.dir_seen.lock();
             for ino in &reaped {
                 seen.remove(ino);
             }
             drop(seen);
-            let mut locks = lock(&self.listing_locks);
+            let mut locks = self.listings.fetching.lock();
             for ino in &reaped {
                 locks.remove(ino);
             }
@@ -331,7 +312,7 @@ impl Fs {
             block_size: bs as u32,
             blocks: cap / bs,
             blocks_free: cap.saturating_sub(self.cache.used()) / bs,
-            files: lock(&self.tree).len() as u64,
+            files: self.tree.lock().len() as u64,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::spool::{self, SpoolReader};
 use super::tree::{Kind, Node};
 use super::upstream::Upstream;
 use super::writer::{is_scratch, OnFailure, Phase, Upload, Writer};
-use super::{lock, Fs};
+use super::Fs;
 use crate::registry::{self, FileRef, Sent};
 
 impl Fs {
@@ -40,7 +40,7 @@ impl Fs {
         // Sealed: from here on writes are refused. Checked again under the
         // same lock, as the file may have been abandoned meanwhile.
         let (size, upstream) = {
-            let mut st = lock(&w.state);
+            let mut st = w.state.lock();
             match std::mem::replace(&mut st.phase, Phase::Publishing) {
                 Phase::Open(Upload::Streaming(u)) => (st.size, Some(u)),
                 Phase::Open(_) | Phase::Publishing => (st.size, None),
@@ -55,10 +55,10 @@ impl Fs {
         let result = self.upload(&node, &fref, w, size, upstream).await;
         match result {
             Ok(sha) => {
-                lock(&w.state).phase = Phase::Published;
+                w.state.lock().phase = Phase::Published;
                 let sha = sha.unwrap_or_default();
                 self.mark_published(&node, &sha, size);
-                lock(&self.writers).remove(&w.ino);
+                self.writers.by_ino.lock().remove(&w.ino);
                 let kept = if sha.is_empty() {
                     self.cache.delete_later(w.spool.path.clone());
                     Ok(())
@@ -73,14 +73,14 @@ impl Fs {
             }
             Err(e) if on_failure == OnFailure::Keep => {
                 tracing::warn!(path = %node.path(), error = %e, "publishing failed; the file stays local");
-                lock(&w.state).phase = Phase::Open(Upload::AtClose);
+                w.state.lock().phase = Phase::Open(Upload::AtClose);
                 Err(e)
             }
             Err(e) => {
                 tracing::warn!(path = %node.path(), error = %e, "publishing failed; the file was not published");
-                lock(&w.state).fail(e.clone());
-                lock(&self.writers).remove(&w.ino);
-                lock(&self.tree).remove_child(node.parent, &node.file);
+                w.state.lock().fail(e.clone());
+                self.writers.by_ino.lock().remove(&w.ino);
+                self.tree.lock().remove_child(node.parent, &node.file);
                 if forget {
                     self.forget_entry(node.parent, &node.file);
                 }
@@ -93,7 +93,7 @@ impl Fs {
     /// The outcome of a writer that is already published or failed (a
     /// failed one is discarded); `None` while it can still be published.
     fn settled(&self, w: &Arc<Writer>, forget: bool) -> Option<FsResult<()>> {
-        let failed = match &lock(&w.state).phase {
+        let failed = match &w.state.lock().phase {
             Phase::Published => return Some(Ok(())),
             Phase::Failed { error, .. } => error.clone(),
             Phase::Open(_) | Phase::Publishing => return None,
@@ -136,16 +136,16 @@ impl Fs {
     /// Drops a file that failed before publishing (a failed write): its
     /// name, its writer and its spool. Idempotent.
     fn discard(&self, w: &Arc<Writer>, forget: bool) {
-        lock(&w.state).stop_streaming();
+        w.state.lock().stop_streaming();
         {
-            let mut writers = lock(&self.writers);
+            let mut writers = self.writers.by_ino.lock();
             if writers.get(&w.ino).is_some_and(|x| Arc::ptr_eq(x, w)) {
                 writers.remove(&w.ino);
             }
         }
-        let node = lock(&self.tree).get(w.ino).cloned();
+        let node = self.tree.lock().get(w.ino).cloned();
         if let Some(node) = node.filter(|n| n.local && n.kind == Kind::File) {
-            lock(&self.tree).remove_child(node.parent, &node.file);
+            self.tree.lock().remove_child(node.parent, &node.file);
             if forget {
                 self.forget_entry(node.parent, &node.file);
             }
@@ -170,7 +170,7 @@ impl Fs {
         // The first file of a new version: one PUT at a time (PROTOCOL.md
         // §concurrency).
         // A streamed PUT holds the lock itself until it ends.
-        let version_local = lock(&self.tree).get(node.parent).is_some_and(|v| v.local);
+        let version_local = self.tree.lock().get(node.parent).is_some_and(|v| v.local);
         let vlock = version_local.then(|| self.version_lock(node));
         let mut guard = None;
         let mut retried = false;
@@ -338,7 +338,7 @@ impl Fs {
 
     pub(super) fn version_lock(&self, node: &Node) -> Arc<tokio::sync::Mutex<()>> {
         let key = format!("{}\0{}\0{}", node.owner, node.name, node.version).to_lowercase();
-        let mut locks = lock(&self.version_locks);
+        let mut locks = self.writers.version_locks.lock();
         // Locks nobody holds are only kept while there are few of them.
         if locks.len() >= 256 {
             locks.retain(|_, l| Arc::strong_count(l) > 1);
@@ -348,7 +348,7 @@ impl Fs {
 
     /// After a 201: the file and its parents now exist on the registry.
     fn mark_published(&self, node: &Node, sha: &str, size: u64) {
-        let mut tree = lock(&self.tree);
+        let mut tree = self.tree.lock();
         if let Some(n) = tree.get_mut(node.ino) {
             n.local = false;
             n.sha256 = sha.to_string();

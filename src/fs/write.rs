@@ -12,15 +12,16 @@
 //! name.
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::error::{err, ErrorKind, FsError, FsResult};
+use super::locks::{Ordered, Rank};
 use super::spool::{Spool, SpoolReader};
 use super::tree::{ChildSpec, Ino, Kind, Node};
 use super::upstream::Upstream;
 use super::writer::{erofs, is_scratch, OnFailure, Phase, Upload, Writer, WriterState};
-use super::{lock, Attr, Fs, Handle};
+use super::{Attr, Fs, Handle};
 use crate::protocol::validate::{self, client_version_ok};
 use crate::registry::{self, FileRef};
 
@@ -59,7 +60,7 @@ impl Fs {
         if !pnode.local {
             self.ensure_listing(&pnode).await?;
         }
-        let mut tree = lock(&self.tree);
+        let mut tree = self.tree.lock();
         if let Some(existing) = tree.child(parent, name).map(|n| n.ino) {
             // A directory that vanished with its last file but was not
             // removed yet is simply shown again.
@@ -98,10 +99,10 @@ impl Fs {
         }
         if !node.local {
             // Listing is refreshed so that files deleted by `rm -r` are gone.
-            lock(&self.tree).invalidate(node.ino);
+            self.tree.lock().invalidate(node.ino);
             self.ensure_listing(&node).await?;
         }
-        if !lock(&self.tree).children(node.ino).is_empty() {
+        if !self.tree.lock().children(node.ino).is_empty() {
             return Err(FsError::new(ErrorKind::NotEmpty, node.path()));
         }
         if node.kind == Kind::Version && !node.local {
@@ -114,7 +115,7 @@ impl Fs {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut tree = lock(&self.tree);
+        let mut tree = self.tree.lock();
         tree.remove_child(parent, name);
         if node.kind == Kind::Version && !node.local {
             // The package went away with its last version.
@@ -133,7 +134,8 @@ impl Fs {
         } else if !pnode.local {
             self.ensure_listing(&pnode).await?;
         }
-        lock(&self.tree)
+        self.tree
+            .lock()
             .child(parent, name)
             .cloned()
             .ok_or_else(|| FsError::not_found(format!("{}/{name}", pnode.path())))
@@ -173,7 +175,7 @@ impl Fs {
             .map_err(|e| FsError::io(e, "create spool file"))?;
         let spool = Spool::new(path, file);
         let ino = {
-            let mut tree = lock(&self.tree);
+            let mut tree = self.tree.lock();
             if let Some(existing) = tree.child(parent, name) {
                 // Just created, empty: deleting it costs nothing.
                 let _ = std::fs::remove_file(&spool.path);
@@ -195,22 +197,25 @@ impl Fs {
         let writer = Arc::new(Writer {
             ino,
             spool,
-            state: Mutex::new(WriterState {
-                size: 0,
-                phase: Phase::Open(Upload::NoData),
-            }),
+            state: Ordered::new(
+                Rank::WriterState,
+                WriterState {
+                    size: 0,
+                    phase: Phase::Open(Upload::NoData),
+                },
+            ),
             publishing: tokio::sync::Mutex::new(()),
             handles: AtomicUsize::new(0),
         });
         writer.opened();
-        lock(&self.writers).insert(ino, Arc::clone(&writer));
+        self.writers.by_ino.lock().insert(ino, Arc::clone(&writer));
         let fh = self.add_handle(Handle::Write(writer, opener));
         Ok((self.getattr(ino)?, fh))
     }
 
     /// The writer of a local file, if it is one.
     pub(super) fn writer_of(&self, ino: Ino) -> Option<Arc<Writer>> {
-        lock(&self.writers).get(&ino).cloned()
+        self.writers.by_ino.lock().get(&ino).cloned()
     }
 
     fn writer_handle(&self, fh: u64) -> FsResult<Arc<Writer>> {
@@ -234,7 +239,7 @@ impl Fs {
         } else {
             None
         };
-        let mut st = lock(&w.state);
+        let mut st = w.state.lock();
         if !matches!(st.phase, Phase::Open(_)) {
             return Err(FsError::new(
                 ErrorKind::NotPermitted,
@@ -269,7 +274,7 @@ impl Fs {
             _ => {}
         }
         drop(st);
-        if let Some(n) = lock(&self.tree).get_mut(w.ino) {
+        if let Some(n) = self.tree.lock().get_mut(w.ino) {
             n.size = size;
         }
         Ok(data.len() as u32)
@@ -314,17 +319,17 @@ impl Fs {
         &self,
         w: &Writer,
     ) -> Option<(FileRef, Option<tokio::sync::OwnedMutexGuard<()>>)> {
-        let undecided = matches!(lock(&w.state).phase, Phase::Open(Upload::NoData));
+        let undecided = matches!(w.state.lock().phase, Phase::Open(Upload::NoData));
         if !self.config.stream_uploads || !undecided {
             return None;
         }
-        let node = lock(&self.tree).get(w.ino).cloned()?;
+        let node = self.tree.lock().get(w.ino).cloned()?;
         if is_scratch(&node.file) {
             return None;
         }
         let fref = node.file_ref();
         registry::validate_ref(&fref).ok()?;
-        let version_local = lock(&self.tree).get(node.parent).is_some_and(|v| v.local);
+        let version_local = self.tree.lock().get(node.parent).is_some_and(|v| v.local);
         let hold = if version_local {
             Some(self.version_lock(&node).try_lock_owned().ok()?)
         } else {
@@ -349,7 +354,7 @@ impl Fs {
             ));
         };
         {
-            let mut st = lock(&w.state);
+            let mut st = w.state.lock();
             if matches!(st.phase, Phase::Publishing) {
                 return Err(err!(
                     NotPermitted,
@@ -366,7 +371,7 @@ impl Fs {
             }
             st.size = size;
         }
-        if let Some(n) = lock(&self.tree).get_mut(ino) {
+        if let Some(n) = self.tree.lock().get_mut(ino) {
             n.size = size;
         }
         self.getattr(ino)
@@ -383,7 +388,7 @@ impl Fs {
         let Ok((w, opener)) = self.writer_and_opener(fh) else {
             return Ok(()); // read handles have nothing to flush
         };
-        let wrote = lock(&w.state).had_data();
+        let wrote = w.state.lock().had_data();
         if !wrote {
             return Ok(()); // see the module comment: publish at release
         }
@@ -416,7 +421,7 @@ impl Fs {
         if !w.released() {
             return; // other descriptors are still open
         }
-        let open = matches!(lock(&w.state).phase, Phase::Open(_) | Phase::Publishing);
+        let open = matches!(w.state.lock().phase, Phase::Open(_) | Phase::Publishing);
         if open {
             if let Err(e) = self.publish(&w, true).await {
                 tracing::warn!(error = %e, "publishing at release failed");
@@ -434,7 +439,7 @@ impl Fs {
             return Err(FsError::new(ErrorKind::IsADirectory, node.path()));
         }
         if node.local {
-            if let Some(w) = lock(&self.writers).remove(&node.ino) {
+            if let Some(w) = self.writers.by_ino.lock().remove(&node.ino) {
                 self.cache.delete_later(w.spool.path.clone());
                 w.abandon(FsError::not_found("deleted before publishing"));
             }
@@ -445,7 +450,7 @@ impl Fs {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut tree = lock(&self.tree);
+        let mut tree = self.tree.lock();
         tree.remove_child(parent, name);
         if !node.local {
             // The version went with its last file, and the package with
@@ -493,7 +498,7 @@ impl Fs {
             .writer_of(node.ino)
             .ok_or_else(|| FsError::not_found(node.path()))?;
         {
-            let mut tree = lock(&self.tree);
+            let mut tree = self.tree.lock();
             if let Some(target) = tree.child(parent, newname).cloned() {
                 if target.ino != node.ino {
                     if !target.local {
@@ -504,7 +509,7 @@ impl Fs {
                         ));
                     }
                     // Replacing another local file, as rename(2) does.
-                    if let Some(old) = lock(&self.writers).remove(&target.ino) {
+                    if let Some(old) = self.writers.by_ino.lock().remove(&target.ino) {
                         self.cache.delete_later(old.spool.path.clone());
                         old.abandon(FsError::not_found("replaced by rename"));
                     }
@@ -514,7 +519,7 @@ impl Fs {
             tree.rename_child(parent, name, newname);
         }
         // A streamed upload under the old name is abandoned.
-        lock(&w.state).stop_streaming();
+        w.state.lock().stop_streaming();
         if is_scratch(newname) {
             return Ok(());
         }
@@ -522,7 +527,7 @@ impl Fs {
         // (rsync, editors still have their temporary file).
         let r = self.publish_or(&w, false, OnFailure::Keep).await;
         if r.is_err() && !w.is_published() {
-            lock(&self.tree).rename_child(parent, newname, name);
+            self.tree.lock().rename_child(parent, newname, name);
         }
         r
     }

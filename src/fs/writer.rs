@@ -3,20 +3,39 @@
 //! write path (`write.rs`) moves it along, publishing (`publish.rs`) ends
 //! it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use super::error::{ErrorKind, FsError, FsResult};
-use super::lock;
+use super::locks::{Ordered, Rank};
 use super::spool::Spool;
 use super::tree::Ino;
 use super::upstream::Upstream;
+
+/// The files being written, and the locks that serialise the first
+/// uploads into a version that exists only locally (`mkdir`), so that two
+/// files copied into it do not both create it.
+pub(super) struct Writers {
+    pub(super) by_ino: Ordered<HashMap<Ino, Arc<Writer>>>,
+    /// By lowercased `owner\0package\0version`.
+    pub(super) version_locks: Ordered<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Writers {
+    pub(super) fn new() -> Writers {
+        Writers {
+            by_ino: Ordered::new(Rank::Writers, HashMap::new()),
+            version_locks: Ordered::default(),
+        }
+    }
+}
 
 /// Data of one file being written, shared by all its handles.
 pub(super) struct Writer {
     pub ino: Ino,
     pub(super) spool: Spool,
-    pub(super) state: Mutex<WriterState>,
+    pub(super) state: Ordered<WriterState>,
     /// One publication at a time.
     pub(super) publishing: tokio::sync::Mutex<()>,
     /// Open handles (descriptors) on this file: the last release of one
@@ -111,13 +130,13 @@ impl Writer {
     }
 
     pub(super) fn is_published(&self) -> bool {
-        matches!(lock(&self.state).phase, Phase::Published)
+        matches!(self.state.lock().phase, Phase::Published)
     }
 
     /// The file will never be published (deleted, replaced, write failed):
     /// a streamed upload in progress is aborted.
     pub(super) fn abandon(&self, reason: FsError) {
-        lock(&self.state).fail(reason);
+        self.state.lock().fail(reason);
     }
 
     /// A new handle on the file.

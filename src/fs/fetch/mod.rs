@@ -12,11 +12,12 @@
 //! the read that completes the file waits for that verdict, so a corrupt
 //! download ends in EIO rather than in wrong bytes at the end of a file.
 
+use crate::fs::locks::{Guard, Ordered, Rank};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -110,7 +111,7 @@ pub struct Fetch {
     path: Option<PathBuf>,
     file: Option<File>,
     prefetch_max: u64,
-    state: Mutex<State>,
+    state: Ordered<State>,
     /// Bumped whenever bytes arrive or a stream ends.
     progress: watch::Sender<u64>,
     /// Woken when a reader raises a stream's demand or cancels it.
@@ -153,26 +154,29 @@ impl Fetch {
             path,
             file,
             prefetch_max: prefetch_max.max(FIRST_WINDOW),
-            state: Mutex::new(State {
-                present: RangeSet::new(),
-                streams: Vec::new(),
-                next_id: 0,
-                verdict: Verdict::Incomplete,
-                err_gen: 0,
-                last_error: None,
-                reservation,
-                committed: false,
-                bypass,
-                verifier: false,
-                timed_out: None,
-            }),
+            state: Ordered::new(
+                Rank::Leaf,
+                State {
+                    present: RangeSet::new(),
+                    streams: Vec::new(),
+                    next_id: 0,
+                    verdict: Verdict::Incomplete,
+                    err_gen: 0,
+                    last_error: None,
+                    reservation,
+                    committed: false,
+                    bypass,
+                    verifier: false,
+                    timed_out: None,
+                },
+            ),
             progress: watch::channel(0).0,
             demand_changed: Notify::new(),
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Guard<'_, State> {
+        self.state.lock()
     }
 
     fn what(&self) -> String {
@@ -372,7 +376,7 @@ impl Fetch {
 
 impl Drop for Fetch {
     fn drop(&mut self) {
-        let committed = self.state.get_mut().map(|s| s.committed).unwrap_or(false);
+        let committed = self.state.get_mut().committed;
         if let (false, Some(path)) = (committed, self.path.take()) {
             self.cache.delete_later(path);
         }
